@@ -1,0 +1,131 @@
+"""The packed image format of ../shared/datasets/cifar10: one .npz of JPEG bytes.
+
+Arrays: `jpeg` uint8 (all files' bytes end to end), `offsets` int64 [N+1] (image i is
+jpeg[offsets[i]:offsets[i+1]]), `labels` uint8 [N], `classes` str [K]. A SHA256SUMS file beside
+the pack, when asked for, is checked before reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from acc.atomic import atomic_path
+from acc.data.images import ImageData, check_labels, sample_indices
+from acc.errors import InputError
+
+PACK_KEYS = ("jpeg", "offsets", "labels", "classes")
+
+
+def is_pack(path: Path) -> bool:
+    """True when `path` is an .npz holding the pack's arrays."""
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {"jpeg", "offsets"} <= set(archive.files)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return False
+
+
+def verify_sha256(path: Path) -> None:
+    """Compare the pack's digest with its line in SHA256SUMS beside it."""
+    sums = path.parent / "SHA256SUMS"
+    if not sums.is_file():
+        raise InputError(f"{path}: no SHA256SUMS beside it to check against")
+    expected = None
+    for line in sums.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == path.name:
+            expected = parts[0].lower()
+    if expected is None:
+        raise InputError(f"{path}: not listed in {sums}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise InputError(f"{path}: SHA256 mismatch (file damaged or replaced)")
+
+
+def read_pack_arrays(path: str | os.PathLike, *, check_sha256: bool = False) -> dict[str, np.ndarray]:
+    """The pack's raw arrays (JPEG bytes not decoded), checked for consistency."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"dataset file not found: {path}")
+    if check_sha256:
+        verify_sha256(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("jpeg", "offsets") if key not in archive.files]
+            if missing:
+                raise InputError(f"{path}: not an image pack (missing arrays: {', '.join(missing)})")
+            arrays = {key: archive[key] for key in PACK_KEYS if key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise InputError(f"{path}: unreadable npz ({error})") from None
+    offsets = arrays["offsets"]
+    if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(arrays["jpeg"]) or np.any(np.diff(offsets) <= 0):
+        raise InputError(f"{path}: offsets do not partition the JPEG bytes")
+    return arrays
+
+
+def decode_jpeg(data: bytes, source: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{source}: undecodable image ({error})") from None
+
+
+def read_pack(
+    path: str | os.PathLike,
+    *,
+    check_sha256: bool = False,
+    indices=None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> ImageData:
+    """Decode a pack to uint8 NHWC images: all, those at `indices`, or a seeded random `limit`."""
+    path = Path(path)
+    arrays = read_pack_arrays(path, check_sha256=check_sha256)
+    offsets, jpeg = arrays["offsets"], arrays["jpeg"]
+    count = len(offsets) - 1
+    classes = tuple(str(name) for name in arrays["classes"]) if "classes" in arrays else None
+    labels = None
+    if "labels" in arrays:
+        labels = check_labels(arrays["labels"], count, len(classes) if classes else None, str(path))
+    chosen = sample_indices(count, limit, seed) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(chosen) == 0:
+        raise InputError(f"{path}: holds no images")
+    if chosen.min() < 0 or chosen.max() >= count:
+        raise InputError(f"{path}: image index out of range (pack holds {count})")
+    images = [decode_jpeg(jpeg[offsets[i] : offsets[i + 1]].tobytes(), f"{path}[{i}]") for i in chosen]
+    shapes = {image.shape for image in images}
+    if len(shapes) != 1:
+        raise InputError(f"{path}: images differ in size ({sorted(shapes)[:3]}...)")
+    return ImageData(np.stack(images), None if labels is None else labels[chosen], classes, str(path))
+
+
+def write_pack(path: str | os.PathLike, images_jpeg_bytes, labels, classes) -> Path:
+    """Write JPEG files' bytes (kept as they are) with labels and class names as a pack, atomically."""
+    blobs = [bytes(blob) for blob in images_jpeg_bytes]
+    if not blobs:
+        raise InputError("write_pack: no images given")
+    classes = np.asarray(list(classes), dtype=str)
+    labels = check_labels(labels, len(blobs), len(classes), "write_pack")
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(blob) for blob in blobs])
+    jpeg = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    dtype = np.uint8 if len(classes) <= 256 else np.int64
+    with atomic_path(path) as tmp:
+        # np.savez adds ".npz" to names without it: write through a handle to keep the temp name.
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, jpeg=jpeg, offsets=offsets, labels=labels.astype(dtype), classes=classes)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a pack is data to share
+    return Path(path)
