@@ -1,0 +1,228 @@
+"""ONNX -> TVM Relax -> one shared library for a target, plus the metadata JSON to load it.
+
+The JSON beside the library (`model.so.json`) tells `acc bench` and users the input names,
+shapes and dtypes (in the order the VM takes them), the outputs, the target and the versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from acc import __version__
+from acc.atomic import atomic_path, check_output_path, write_text
+from acc.backends import targets as targets_mod
+from acc.backends import toolchain
+from acc.errors import InputError
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+@dataclass
+class BuildResult:
+    library: Path
+    metadata: Path
+    target: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    tuning: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def metadata_path(library: str | os.PathLike) -> Path:
+    return Path(f"{library}.json")
+
+
+def read_metadata(library: str | os.PathLike) -> dict:
+    path = metadata_path(library)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{library} has no metadata file {path} (build it with `acc build`)") from None
+    except ValueError as err:
+        raise InputError(f"unreadable metadata {path}: {err}") from None
+
+
+def parse_input_shapes(items: list[str] | None) -> dict[str, list[int]]:
+    """`name=1x3x32x32` (repeatable) -> {name: [1, 3, 32, 32]}."""
+    shapes: dict[str, list[int]] = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or min(shape) < 1:
+            raise InputError(f"--input-shape must be NAME=DxDxD (positive ints), got {item!r}")
+        shapes[name] = shape
+    return shapes
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    from acc.passes.load import load_model
+
+    return load_model(path)
+
+
+def graph_inputs(model: onnx.ModelProto, overrides: dict[str, list[int]]) -> list[TensorInfo]:
+    """The real inputs (not initializers), with concrete shapes: overrides, else 1 for free dims."""
+    inits = {i.name for i in model.graph.initializer}
+    infos = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        if vi.name in overrides:
+            shape = overrides[vi.name]
+            if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+                raise InputError(f"--input-shape {vi.name}={'x'.join(map(str, shape))} does not fit the model's "
+                                 f"shape {['?' if d is None else d for d in dims]}")
+        else:
+            # A free (symbolic) dim is almost always the batch: compile for one sample.
+            shape = [1 if d is None else d for d in dims]
+        dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)))
+        infos.append(TensorInfo(vi.name, shape, dtype))
+    unknown = set(overrides) - {i.name for i in infos}
+    if unknown:
+        raise InputError(f"--input-shape names no input of the model: {', '.join(sorted(unknown))} "
+                         f"(inputs: {', '.join(i.name for i in infos)})")
+    return infos
+
+
+def import_onnx(model: onnx.ModelProto, inputs: list[TensorInfo]):
+    """The Relax IRModule of `model` (weights bound as constants)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(model, shape_dict={i.name: i.shape for i in inputs},
+                         dtype_dict={i.name: i.dtype for i in inputs})
+    except Exception as err:  # noqa: BLE001 - the frontend raises many kinds for unsupported graphs
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        raise InputError(f"TVM cannot import the model: {lines[-1] if lines else type(err).__name__}") from None
+
+
+def relax_outputs(mod, names: list[str]) -> list[TensorInfo]:
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    outs = []
+    for i, f in enumerate(fields):
+        shape = [int(d) for d in f.shape.values] if getattr(f, "shape", None) is not None else []
+        outs.append(TensorInfo(names[i] if i < len(names) else f"output{i}", shape, str(f.dtype)))
+    return outs
+
+
+def compile_module(mod, spec: targets_mod.TargetSpec, database=None):
+    """A Relax executable: the default pipeline, or with a MetaSchedule database applied."""
+    import tvm
+
+    target = spec.tvm_target()
+    if database is None:
+        return tvm.compile(mod, target=target)
+    from tvm.s_tir.meta_schedule.relax_integration import compile_relax
+
+    return compile_relax(database, mod, target, params=None)
+
+
+def export(executable, out: Path, cc: str | None) -> None:
+    from tvm.support import cc as tvm_cc
+
+    fcompile = toolchain.fcompile(cc) or tvm_cc.create_shared
+    with atomic_path(out) as tmp:
+        executable.export_library(str(tmp), fcompile=fcompile)
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build(
+    model_path: str | os.PathLike,
+    target: str | None = "host",
+    out: str | os.PathLike | None = None,
+    *,
+    target_json: str | None = None,
+    cc: str | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    tune_trials: int = 0,
+    tune_db: str | os.PathLike | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    log=print,
+) -> BuildResult:
+    """Compile `model_path` for `target` into the shared library `out` (+ `out`.json)."""
+    start = time.monotonic()
+    spec = targets_mod.resolve(target, target_json)
+    spec.tvm_target()
+    linker = toolchain.resolve_cc(spec, cc)
+    out = check_output_path(out or Path(model_path).with_suffix(".so"))
+    if tune_trials < 0:
+        raise InputError("--tune-trials must be >= 0")
+    if (tracker or key) and not tune_trials:
+        raise InputError("--tracker/--key are for tuning on a device: give --tune-trials too")
+
+    model = load_onnx(model_path)
+    inputs = graph_inputs(model, input_shapes or {})
+    mod = import_onnx(model, inputs)
+    outputs = relax_outputs(mod, [o.name for o in model.graph.output])
+
+    database, tuning = None, {}
+    if tune_trials or tune_db:
+        from acc.backends import tune
+
+        report = tune.tune(mod, spec, trials_per_task=tune_trials, db_root=tune_db, cc=linker,
+                           tracker=tracker, key=key, log=log)
+        database, tuning = report.database, report.summary()
+    executable = compile_module(mod, spec, database)
+    export(executable, out, linker)
+
+    meta = {
+        "acc_version": __version__,
+        "tvm_version": _tvm_version(),
+        "model": str(Path(model_path).resolve()),
+        "model_sha256": _sha256(model_path),
+        "target_name": spec.name,
+        "target": spec.tvm_target().export(),
+        "cc": linker,
+        "inputs": [asdict(i) for i in inputs],
+        "outputs": [asdict(o) for o in outputs],
+        "tuning": tuning,
+    }
+    meta_file = metadata_path(out)
+    write_text(meta_file, json.dumps(_jsonable(meta), indent=2) + "\n")
+    return BuildResult(out, meta_file, spec.name, inputs, outputs, tuning, time.monotonic() - start)
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+def _jsonable(obj):
+    """TVM's target export holds tvm_ffi containers; make them plain JSON."""
+    if isinstance(obj, dict) or hasattr(obj, "items"):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or (hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes))):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, int, float)) or obj is None:
+        return obj
+    return str(obj)

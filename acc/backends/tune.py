@@ -1,0 +1,155 @@
+"""MetaSchedule tuning with a database that persists across runs and models.
+
+Untuned CPU convs are naive loops; MetaSchedule schedules each fused task. The JSON database
+lives in one folder per target (a schedule tuned for one CPU is no answer for another), and
+tasks that already have records there are not tuned again: a second model sharing conv shapes
+with the first only pays for its new workloads.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acc.backends.targets import TargetSpec
+from acc.errors import InputError
+
+EXPORT_FUNC = "acc.backends.tune.export_cross"
+
+
+def default_db_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "acc" / "tune"
+
+
+def db_dir(db_root: str | os.PathLike | None, spec: TargetSpec) -> Path:
+    """The database folder of this target under `db_root`."""
+    target = spec.tvm_target()
+    attrs = {k: str(v) for k, v in target.export().items() if k not in ("num-cores", "tag", "host")}
+    digest = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()[:10]
+    cpu = str(target.attrs.get("mcpu", "")) or str(target.attrs.get("mtriple", "")) or "generic"
+    return Path(db_root or default_db_root()) / f"{target.kind.name}-{cpu}-{digest}"
+
+
+def _worker_init(stub_tensor_intrin: bool, cc: str | None) -> None:
+    """Runs in every LocalBuilder worker before it builds."""
+    if stub_tensor_intrin:
+        # Importing the tensor intrinsics takes ~36 s per worker on 2 cores (past the builder's
+        # timeout); plain fp32 llvm schedules never use them.
+        sys.modules.setdefault("tvm.s_tir.tensor_intrin", types.ModuleType("tvm.s_tir.tensor_intrin"))
+    if cc:
+        import tvm
+
+        def export_cross(mod) -> str:
+            from tvm.support import cc as tvm_cc
+
+            path = os.path.join(tempfile.mkdtemp(prefix="acc-ms-"), "tvm_tmp_mod.so")
+            mod.export_library(path, fcompile=tvm_cc.cross_compiler(cc))
+            return path
+
+        # A remote device has no compiler to link the default .tar artifact: link here.
+        tvm.register_global_func(EXPORT_FUNC, export_cross, override=True)
+
+
+def make_builder(spec: TargetSpec, cc: str | None, max_workers: int | None = None):
+    from tvm.s_tir import meta_schedule as ms
+
+    target = spec.tvm_target()
+    plain_llvm = target.kind.name == "llvm" and not any(
+        str(a).startswith(("+sve", "+sme", "+i8mm", "+avx512vnni", "+amx")) for a in target.attrs.get("mattr", [])
+    )
+    init = functools.partial(_worker_init, plain_llvm, cc)
+    return ms.builder.LocalBuilder(
+        max_workers=max_workers, timeout_sec=30.0 if plain_llvm else 120.0,
+        initializer=init, f_export=EXPORT_FUNC if cc else None,
+    )
+
+
+def make_runner(tracker: str | None, key: str | None, number: int = 3, repeat: int = 1):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if not tracker:
+        return ms.runner.LocalRunner(evaluator_config=evaluator)
+    if not key:
+        raise InputError("--tracker needs --key (the device key the server registered with)")
+    from acc.backends import rpc
+
+    host, port = rpc.parse_hostport(tracker, "--tracker")
+    rpc.connect(tracker=tracker, key=key)  # one-line error now rather than failed trials later
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key, session_timeout_sec=600)
+    return ms.runner.RPCRunner(config, evaluator, max_workers=1)
+
+
+@dataclass
+class TuneReport:
+    database: object
+    db_dir: Path
+    tasks: int
+    reused: int
+    tuned: int
+    trials_per_task: int
+    trials_global: int
+    task_names: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "db": str(self.db_dir), "tasks": self.tasks, "reused": self.reused, "tuned": self.tuned,
+            "trials_per_task": self.trials_per_task, "trials_global": self.trials_global,
+        }
+
+
+def tune(
+    mod,
+    spec: TargetSpec,
+    trials_per_task: int,
+    db_root: str | os.PathLike | None = None,
+    cc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    seed: int = 0,
+    log=print,
+) -> TuneReport:
+    """Tune the tasks of `mod` that the database has no record of; return the database."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+
+    target = spec.tvm_target()
+    folder = db_dir(db_root, spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(folder))
+    tasks = extract_tasks(mod, target)
+    todo = [t for t in tasks if not _has_record(database, t, target)]
+    reused = len(tasks) - len(todo)
+    trials_global = trials_per_task * len(todo)
+    log(f"tuning: {len(tasks)} tasks, {reused} already in {folder}, {len(todo)} to tune "
+        f"x {trials_per_task} trials")
+    if todo and trials_per_task > 0:
+        with tempfile.TemporaryDirectory(prefix="acc-tune-") as work_dir:
+            contexts, weights = extracted_tasks_to_tune_contexts(todo, work_dir, seed=seed)
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=work_dir,
+                max_trials_global=trials_global,
+                max_trials_per_task=trials_per_task,
+                num_trials_per_iter=min(64, trials_per_task),
+                builder=make_builder(spec, cc),
+                runner=make_runner(tracker, key),
+                database=database,
+            )
+    return TuneReport(database, folder, len(tasks), reused, len(todo) if trials_per_task else 0, trials_per_task,
+                      trials_global, [t.task_name for t in tasks])
+
+
+def _has_record(database, task, target) -> bool:
+    if not database.has_workload(task.dispatched[0]):
+        return False
+    return database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
