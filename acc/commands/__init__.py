@@ -2,4 +2,6 @@
 
 # Order is the order shown by `acc --help`.
 COMMAND_MODULES = [
+    "analyze",
+    "shrink",
 ]

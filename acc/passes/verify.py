@@ -1,0 +1,91 @@
+"""Prove two graphs compute the same thing: onnxruntime, the same seeded inputs, a tight tolerance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from acc.errors import VerificationError
+
+# max |a - b| <= RELATIVE_TOLERANCE * max |a| (+ a tiny floor for all-zero outputs).
+RELATIVE_TOLERANCE = 1e-4
+ABSOLUTE_FLOOR = 1e-6
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs_error: float
+    max_abs_output: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_error <= RELATIVE_TOLERANCE * self.max_abs_output + ABSOLUTE_FLOOR
+
+
+def session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0, samples: int = 2) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for inp in model.graph.input:
+            if inp.name in inits:
+                continue
+            tt = inp.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+            dtype = _NP_TYPES.get(tt.elem_type, np.float32)
+            if np.issubdtype(dtype, np.floating):
+                feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feed[inp.name] = np.ones(shape, dtype=dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, seed: int = 0, samples: int = 2) -> list[OutputDiff]:
+    ref, cand = session(reference), session(candidate)
+    names = [o.name for o in ref.get_outputs()]
+    diffs = {n: OutputDiff(n, 0.0, 0.0) for n in names}
+    for feed in random_inputs(reference, seed, samples):
+        a = ref.run(names, feed)
+        b = cand.run(names, feed)
+        for n, x, y in zip(names, a, b):
+            if x.shape != y.shape:
+                raise VerificationError(f"output '{n}' changed shape: {x.shape} -> {y.shape}")
+            x64, y64 = x.astype(np.float64), y.astype(np.float64)
+            d = diffs[n]
+            d.max_abs_error = max(d.max_abs_error, float(np.max(np.abs(x64 - y64), initial=0.0)))
+            d.max_abs_output = max(d.max_abs_output, float(np.max(np.abs(x64), initial=0.0)))
+    return list(diffs.values())
+
+
+def verify_equal(reference: onnx.ModelProto, candidate: onnx.ModelProto, what: str = "rewritten model", seed: int = 0) -> list[OutputDiff]:
+    """Raise VerificationError naming the first output that differs beyond the tolerance."""
+    diffs = compare(reference, candidate, seed)
+    for d in diffs:
+        if not np.isfinite(d.max_abs_error) or not d.ok:
+            raise VerificationError(
+                f"{what} differs from its reference at output '{d.name}': max abs error "
+                f"{d.max_abs_error:.3g} vs max abs output {d.max_abs_output:.3g} (tolerance {RELATIVE_TOLERANCE:g} relative)"
+            )
+    return diffs
