@@ -101,6 +101,9 @@ class ElementTable:
 
     def union_layouts(self, a: np.ndarray, b: np.ndarray) -> None:
         for x, y in zip(a.tolist(), b.tolist()):
+            if (x < 0) != (y < 0):
+                # Paired with a position that holds no channel (constant padding): it cannot go.
+                self.freeze(np.array([max(x, y)]), "paired with constant padding of the channel axis")
             self.union(x, y)
 
     def freeze(self, layout: np.ndarray, reason: str) -> None:

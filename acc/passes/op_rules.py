@@ -45,16 +45,19 @@ PASS_THROUGH = (
     "Softplus", "Softsign", "Erf", "Gelu", "Mish", "ThresholdedRelu", "Exp", "Log", "Sqrt", "Neg",
     "Abs", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Clip", "Identity",
     "Dropout", "Cast", "CastLike", "Shrink",
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
 )
+# Pooling treats axis 1 as channels and the rest as spatial: channel-preserving only there.
+POOLING = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu")
 
 
-@rule(*PASS_THROUGH)
+@rule(*PASS_THROUGH, *POOLING)
 def pass_through(ctx, node):
     x = ctx.info(node.input[0])
     if x is None:
         return
+    if node.op_type in POOLING and x.axis != 1:
+        return ctx.unsupported(node, "it pools over the axis that carries the channels")
     # Extra outputs (MaxPool indices, Dropout mask) carry positions, not channels we can follow.
     for extra in node.output[1:]:
         if extra and ctx.index.consumers.get(extra):

@@ -1,0 +1,72 @@
+"""`acc analyze` and `acc shrink` from the command line: outputs, reports and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from acc.cli import main
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_analyze_prints_groups_and_boundaries(zoo_path, capsys):
+    code, out, _ = run_cli(["analyze", zoo_path("residual")], capsys)
+    assert code == 0
+    assert "/blocks.0.0/Conv" in out and "graph input 'input'" in out and "7 groups, 5 prunable" in out
+
+
+def test_analyze_json(zoo_path, capsys):
+    code, out, _ = run_cli(["analyze", zoo_path("depthwise"), "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["totals"]["prunable_groups"] == 2
+    assert any(m["role"] == "dw_weight" for g in info["groups"] for m in g["members"])
+
+
+def test_shrink_ratio_writes_model_and_report(zoo_path, tmp_path, capsys):
+    out, report = tmp_path / "small.onnx", tmp_path / "report.json"
+    code, text, _ = run_cli(["shrink", zoo_path("residual"), "-o", out, "--ratio", "0.5", "--report", report], capsys)
+    assert code == 0 and "FLOPs" in text
+    onnx.checker.check_model(onnx.load(out))
+    data = json.loads(report.read_text())
+    assert data["after"]["flops"] < data["before"]["flops"]
+    row = next(g for g in data["groups"] if g["group"] == "/stem/Conv")
+    assert row["width_before"] == 8 and row["width_after"] == 4 and len(row["kept"]) == 4
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["shrink", "{missing}", "-o", "{out}"], "no such file"),
+        (["shrink", "{garbage}", "-o", "{out}"], "ONNX"),
+        (["shrink", "{model}", "-o", "{out}", "--ratio", "1.5"], "--ratio must be between 0 and 1"),
+        (["shrink", "{model}", "-o", "{out}", "--ratio", "0"], "--ratio must be between 0 and 1"),
+        (["shrink", "{model}", "-o", "{nofolder}"], "output folder does not exist"),
+        (["analyze", "{missing}"], "no such file"),
+        (["shrink", "{model}", "-o", "{out}", "--input-shape", "input=banana"], "--input-shape"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_output(zoo_path, tmp_path, capsys, args, message):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01 not onnx")
+    subs = {"missing": tmp_path / "missing.onnx", "garbage": garbage, "model": zoo_path("residual"),
+            "out": tmp_path / "out.onnx", "nofolder": tmp_path / "nofolder" / "out.onnx"}
+    code, out, err = run_cli([a.format(**subs) for a in args], capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "acc.cli", "shrink", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o.onnx")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("acc shrink: error: no such file")
