@@ -100,3 +100,36 @@ def test_dynamo_export_matches_torch(name, tmp_path):
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="unknown model"):
         build("alexnet")
+
+
+def test_gpu_augmentation_gives_padded_crops_and_flips():
+    import torch.nn.functional as F
+
+    from models.train_cifar import PADDING, augment
+
+    images = torch.randint(0, 255, (32, 3, 32, 32), dtype=torch.uint8)
+    padded = F.pad(images, (PADDING,) * 4)
+    crops = augment(padded, torch.Generator().manual_seed(0))
+    assert crops.shape == images.shape
+    for index, crop in enumerate(crops):
+        windows = [padded[index, :, t : t + 32, l : l + 32] for t in range(9) for l in range(9)]
+        assert any(torch.equal(crop, w) or torch.equal(crop, w.flip(-1)) for w in windows)
+
+
+def test_train_script_runs_and_writes_its_outputs(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from models.train_cifar import main
+
+    demo = Path(__file__).resolve().parents[1] / "models" / "data"
+    shutil.copy(demo / "cifar10_demo.npz", tmp_path / "train.jpeg.npz")
+    shutil.copy(demo / "cifar10_demo_test.npz", tmp_path / "test.jpeg.npz")
+    out = tmp_path / "out"
+    options = "--model resnet20 --epochs 1 --limit 64 --batch-size 32 --onnx-check 4 --device cpu".split()
+    main(["--data", str(tmp_path), "--out", str(out), *options])
+    summary = json.loads((out / "resnet20.train.json").read_text())
+    assert summary["epochs"] == 1 and summary["onnx_check"]["max_abs_difference_vs_torch"] < 1e-4
+    assert json.loads((out / "resnet20.preprocess.json").read_text())["layout"] == "NCHW"
+    assert {p.name for p in out.iterdir()} >= {"resnet20.onnx", "resnet20.pt"}
