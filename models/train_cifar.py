@@ -243,7 +243,9 @@ def main(argv=None) -> None:
     (args.out / f"{args.model}.preprocess.json").write_text(json.dumps(preprocess, indent=2) + "\n")
     onnx_check = None
     if args.onnx_check:
-        onnx_check = check_onnx(onnx_path, model, test_images_np[: args.onnx_check], test_labels_np[: args.onnx_check])
+        # The pack is sorted by class: take images spread over the whole test set, not the first ones.
+        spread = np.unique(np.linspace(0, len(test_images_np) - 1, args.onnx_check).astype(np.int64))
+        onnx_check = check_onnx(onnx_path, model, test_images_np[spread], test_labels_np[spread])
     summary = {
         "model": args.model,
         "test_accuracy": final_accuracy,
