@@ -9,6 +9,7 @@ import onnx
 from acc.passes.base import Sequence
 from acc.passes.load import load_model
 from acc.passes.normalize import (
+    BatchAgnosticReshape,
     ConstantsToInitializers,
     DropReshapeAllowzero,
     ExplicitPads,
@@ -32,6 +33,7 @@ def normalize(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None 
             NameNodes(),
             Sequence([InferShapes(), FoldConstants(), DropReshapeAllowzero()], until_fixed=True),
             ExplicitPads(),
+            BatchAgnosticReshape(),
             InferShapes(),
         ]
     )

@@ -147,6 +147,40 @@ class DropReshapeAllowzero(Pass):
         return changed
 
 
+class BatchAgnosticReshape(Pass):
+    """A Reshape target that spells the batch dim as a literal 1 (exporters fold it from the sample
+    input) copies it from the input instead (0), so the graph also runs on a batch when trained."""
+
+    name = "batch-agnostic-reshape"
+
+    def apply(self, model):
+        inits = {t.name: t for t in model.graph.initializer}
+        shapes = static_shapes(model)
+        batch_inputs = {i.name for i in model.graph.input if i.name not in inits}
+        changed = False
+        for node in model.graph.node:
+            if node.op_type != "Reshape" or node.input[1] not in inits:
+                continue
+            if any(a.name == "allowzero" and a.i for a in node.attribute):
+                continue
+            in_shape = shapes.get(node.input[0])
+            target = numpy_helper.to_array(inits[node.input[1]])
+            if in_shape is None or target.ndim != 1 or not len(target) or not in_shape:
+                continue
+            if target[0] == 1 and in_shape[0] == 1 and batch_inputs:
+                fixed = target.copy()
+                fixed[0] = 0
+                users = sum(1 for n in model.graph.node for i in n.input if i == node.input[1])
+                name = node.input[1] if users == 1 else f"{node.input[1]}__{node.name}"
+                if name != node.input[1]:
+                    model.graph.initializer.append(numpy_helper.from_array(fixed, name))
+                    node.input[1] = name
+                else:
+                    inits[name].CopyFrom(numpy_helper.from_array(fixed, name))
+                changed = True
+        return changed
+
+
 class NameNodes(Pass):
     """Every node gets a unique, stable name (analysis and reports refer to nodes by name)."""
 
