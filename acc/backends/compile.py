@@ -114,6 +114,17 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorInfo]):
         raise InputError(f"TVM cannot import the model: {lines[-1] if lines else type(err).__name__}") from None
 
 
+def prepare(mod):
+    """Inference rewrites before lowering: BN folded into the conv before it (else decomposed into
+    elementwise ops that fuse into the conv's epilogue): one task per conv instead of two."""
+    import tvm
+    from tvm import relax
+
+    seq = [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
+           relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()]
+    return tvm.transform.Sequential(seq)(mod)
+
+
 def relax_outputs(mod, names: list[str]) -> list[TensorInfo]:
     from tvm import relax
 
@@ -181,7 +192,7 @@ def build(
 
     model = load_onnx(model_path)
     inputs = graph_inputs(model, input_shapes or {})
-    mod = import_onnx(model, inputs)
+    mod = prepare(import_onnx(model, inputs))
     outputs = relax_outputs(mod, [o.name for o in model.graph.output])
 
     database, tuning = None, {}

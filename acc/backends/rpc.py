@@ -77,6 +77,14 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(grace)
+        # Killed workers linger until init reaps them; return once the group is really empty.
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.05)
         if self._log is not None:
             self._log.close()
             self._log = None
