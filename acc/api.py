@@ -44,3 +44,69 @@ def shrink(
     if report is not None:
         atomic.write_text(report, json.dumps(result.report(), indent=2))
     return result
+
+
+def prune(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    rates: str | os.PathLike | dict | None = None,
+    uniform: float | None = None,
+    scheme: str = "filter",
+    labels: bool | None = None,
+    epochs: int = 4,
+    admm_iters: int = 4,
+    finetune_epochs: int | None = None,
+    lr: float = 0.01,
+    finetune_lr: float | None = None,
+    rho: float = 1e-2,
+    rho_mult: float = 2.0,
+    batch_size: int = 128,
+    limit: int | None = None,
+    seed: int = 0,
+    report: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+):
+    """ADMM structured pruning with given rates (a rates JSON path or dict, or `uniform`), then
+    purification, masked fine-tuning, rewrite and verification. Returns a PruneResult."""
+    from acc.errors import InputError
+    from acc.prune.admm import TrainConfig
+    from acc.prune.pipeline import PruneOptions
+    from acc.prune.pipeline import prune as _prune
+    from acc.prune.rates import Rates, load_rates, uniform_rates
+
+    for path in (output, report):
+        if path is not None:
+            atomic.check_output_path(path)
+    if (rates is None) == (uniform is None):
+        raise InputError("give exactly one of --rates and --uniform")
+    if checkpoint is None and output is not None:
+        checkpoint = f"{output}.ckpt"
+    if resume and checkpoint is None:
+        raise InputError("--resume needs a checkpoint (or an output path to derive it from)")
+    config = TrainConfig(
+        admm_epochs=epochs, admm_iters=admm_iters, finetune_epochs=epochs if finetune_epochs is None else finetune_epochs,
+        batch_size=batch_size, lr=lr, finetune_lr=lr if finetune_lr is None else finetune_lr, rho=rho,
+        rho_mult=rho_mult, seed=seed,
+    )
+
+    def choose(analysis):
+        if uniform is not None:
+            return uniform_rates(analysis, uniform, scheme)
+        if isinstance(rates, dict):
+            tmp = Rates()
+            tmp.groups, tmp.columns = dict(rates.get("groups", {})), dict(rates.get("columns", {}))
+            return tmp
+        return load_rates(rates, analysis)
+
+    options = PruneOptions(rates=Rates(), scheme=scheme, train=config, labels=labels, limit=limit,
+                           checkpoint=checkpoint, resume=resume, progress=progress)
+    result = _prune(model, data, options, rates_from_analysis=choose)
+    if output is not None:
+        atomic.write_bytes(output, result.model.SerializeToString())
+    if report is not None:
+        atomic.write_text(report, json.dumps(result.report, indent=2, default=float))
+    return result

@@ -4,4 +4,8 @@
 COMMAND_MODULES = [
     "analyze",
     "shrink",
+    "prune",
+    "build",
+    "bench",
+    "device",
 ]

@@ -1,0 +1,73 @@
+"""acc prune MODEL.onnx --data DATA (--rates RATES.json | --uniform R) -o OUT.onnx: ADMM pruning."""
+
+from __future__ import annotations
+
+from acc.format import human, ratio, table
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="ADMM structured pruning with given per-layer rates, purification, fine-tuning, rewrite",
+        description="ADMM -> hard prune -> purification -> masked fine-tuning -> physically smaller, verified ONNX.",
+    )
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--data", required=True, help="training data: packed .npz (or a folder with train.jpeg.npz), image folder, or .npz/.npy arrays")
+    p.add_argument("-o", "--output", required=True, help="where to write the pruned ONNX model")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rates", metavar="RATES.json", help='per-layer rates: {"groups": {name: rate}, "columns": {layer: rate}}')
+    how.add_argument("--uniform", type=float, metavar="R", help="remove the fraction R of every prunable layer")
+    p.add_argument("--scheme", choices=["filter", "column", "mixed"], default="filter", help="scheme for --uniform (default filter)")
+    sup = p.add_mutually_exclusive_group()
+    sup.add_argument("--labels", dest="labels", action="store_true", default=None, help="train on the data's labels (default when it has them)")
+    sup.add_argument("--distill", dest="labels", action="store_false", help="learn the original model's outputs instead of labels")
+    p.add_argument("--epochs", type=int, default=4, help="ADMM epochs (default 4)")
+    p.add_argument("--admm-iters", type=int, default=4, help="Z/U updates over the ADMM epochs (default 4)")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="masked fine-tuning epochs (default: --epochs)")
+    p.add_argument("--lr", type=float, default=0.01, help="ADMM learning rate (default 0.01)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning learning rate (default: --lr)")
+    p.add_argument("--rho", type=float, default=1e-2, help="initial ADMM penalty (default 1e-2)")
+    p.add_argument("--rho-mult", type=float, default=2.0, help="rho multiplier per Z/U update (default 2)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of this many images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", metavar="FILE.json", help="write the full report")
+    p.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (default: OUTPUT.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _accuracy(score) -> str:
+    if not score:
+        return "-"
+    return f"{100 * score['accuracy']:.2f}%" if "accuracy" in score else f"loss {score['loss']:.4f}"
+
+
+def print_summary(report: dict) -> None:
+    b, a = report["accuracy_before"], report["accuracy_after"]
+    p, f = report["params"], report["flops"]
+    rows = [
+        ["accuracy (validation)", _accuracy(b["val"]), _accuracy(a["val"]), ""],
+        ["accuracy (test)", _accuracy(b["test"]), _accuracy(a["test"]), ""],
+        ["parameters (dense)", human(p["before"]), human(p["after_dense"]), ratio(p["before"], p["after_dense"])],
+        ["parameters (non-zero)", human(p["before"]), human(p["after_nonzero"]), ratio(p["before"], p["after_nonzero"])],
+        ["FLOPs (MACs)", human(f["before"]), human(f["after"]), ratio(f["before"], f["after"])],
+    ]
+    print(table(["", "before", "after", "reduction"], rows, {1, 2, 3}))
+    print(f"{report['objective']}; {report['train_images']} training images; {report['seconds']:.0f} s")
+
+
+def run(args) -> int:
+    from acc import api
+
+    result = api.prune(
+        args.model, args.data, output=args.output, rates=args.rates, uniform=args.uniform, scheme=args.scheme,
+        labels=args.labels, epochs=args.epochs, admm_iters=args.admm_iters, finetune_epochs=args.finetune_epochs,
+        lr=args.lr, finetune_lr=args.finetune_lr, rho=args.rho, rho_mult=args.rho_mult, batch_size=args.batch_size,
+        limit=args.limit, seed=args.seed, report=args.report, checkpoint=args.checkpoint, resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print_summary(result.report)
+    print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0

@@ -1,0 +1,203 @@
+"""ADMM structured pruning (Zhang et al. 2018, as AutoCompress uses it), then masked fine-tuning.
+
+    min f(W)  s.t.  W_i in S_i
+    W-step: SGD on f(W) + sum_i rho/2 * ||W_i - Z_i + U_i||^2
+    Z-step: Z = Proj_S(W + U)      (keep the largest-norm channels / columns, zero the rest)
+    U-step: U = U + W - Z
+    rho grows after every Z/U update (times rho_mult, capped at rho_max).
+
+The run is a resumable state machine: a checkpoint after every epoch holds the weights, the
+optimizer, Z, U, rho, masks and where the run stands; each epoch's data order and augmentation are
+seeded by (seed, epoch), so a resumed run computes what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from acc.prune import checkpoint as ckpt
+from acc.prune.constraints import ConstraintSet
+from acc.prune.objective import Objective, evaluate, first_output
+
+
+@dataclass
+class TrainConfig:
+    admm_epochs: int = 4
+    admm_iters: int = 4  # Z/U updates spread evenly over the ADMM epochs
+    finetune_epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.01
+    finetune_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    rho: float = 1e-2
+    rho_mult: float = 2.0
+    rho_max: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class RunState:
+    phase: str = "admm"  # admm -> finetune -> done
+    epoch: int = 0  # epochs finished in the current phase
+    updates: int = 0  # Z/U updates done
+    rho: float = 0.0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    """Owns the torch module, the constraints and the state; `run()` goes (or resumes) to the end."""
+
+    def __init__(self, module, constraints: ConstraintSet, tensors: dict[str, torch.Tensor], train, val,
+                 objective: Objective, config: TrainConfig, checkpoint_path: str | os.PathLike | None = None,
+                 progress=None, after_hard_prune=None):
+        self.module = module
+        self.constraints = constraints
+        self.tensors = tensors  # ONNX initializer name -> torch tensor (parameters and buffers)
+        self.train, self.val = train, val
+        self.objective = objective
+        self.cfg = config
+        self.checkpoint_path = checkpoint_path
+        self.progress = progress or (lambda **kw: None)
+        self.after_hard_prune = after_hard_prune  # e.g. near-zero purification; returns a record
+        self.state = RunState(rho=config.rho)
+        self.Z: dict[str, torch.Tensor] = {}
+        self.U: dict[str, torch.Tensor] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+        self.optimizer = None
+        self.residuals: list[float] = []  # ||W - Z|| / ||W|| after each Z/U update
+        self.distances: list[float] = []  # ||W - Proj_S(W)|| / ||W||: how far W is from the structure
+
+    # -- parameters under constraint
+    def _constrained(self) -> dict[str, torch.Tensor]:
+        return {n: self.tensors[n] for n in self.constraints.constrained_names if n in self.tensors}
+
+    def _make_optimizer(self, lr: float):
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=lr, momentum=self.cfg.momentum, nesterov=True, weight_decay=self.cfg.weight_decay)
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.train) / self.cfg.batch_size))
+
+    # -- checkpointing
+    def save(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        ckpt.save(self.checkpoint_path, {
+            "state": asdict(self.state),
+            "config": asdict(self.cfg),
+            "module": self.module.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "Z": self.Z, "U": self.U, "masks": self.masks, "residuals": self.residuals,
+            "distances": self.distances,
+        })
+
+    def restore(self, data: dict) -> None:
+        if data["config"] != asdict(self.cfg):
+            from acc.errors import InputError
+
+            raise InputError("the checkpoint was made with other training options; rerun without --resume")
+        self.module.load_state_dict(data["module"])
+        self.state = RunState(**data["state"])
+        self.Z, self.U, self.masks, self.residuals = data["Z"], data["U"], data["masks"], data["residuals"]
+        self.distances = data["distances"]
+        if self.state.phase != "done":
+            lr = self.cfg.lr if self.state.phase == "admm" else self.cfg.finetune_lr
+            self.optimizer = self._make_optimizer(lr)
+            if data["optimizer"] is not None:
+                self.optimizer.load_state_dict(data["optimizer"])
+
+    # -- the phases
+    def run(self) -> RunState:
+        if self.state.phase == "admm" and self.cfg.admm_epochs > 0:
+            if not self.Z:
+                w = self._constrained()
+                self.Z = {n: z.detach().clone() for n, z in self.constraints.project(w).items()}
+                self.U = {n: torch.zeros_like(z) for n, z in self.Z.items()}
+                den = sum(float(w[n].detach().pow(2).sum()) for n in self.Z) or 1.0
+                self.distances.append(math.sqrt(sum(float((w[n].detach() - self.Z[n]).pow(2).sum()) for n in self.Z) / den))
+                self.optimizer = self._make_optimizer(self.cfg.lr)
+            while self.state.epoch < self.cfg.admm_epochs:
+                self._epoch(self.cfg.lr, self.cfg.admm_epochs, admm=True)
+        if self.state.phase == "admm":
+            self.hard_prune()
+            if self.after_hard_prune is not None:
+                self.state.history.append(self.after_hard_prune(self))
+            self.state.phase, self.state.epoch = "finetune", 0
+            self.optimizer = self._make_optimizer(self.cfg.finetune_lr)
+            self.save()
+        while self.state.phase == "finetune" and self.state.epoch < self.cfg.finetune_epochs:
+            self._epoch(self.cfg.finetune_lr, self.cfg.finetune_epochs, admm=False)
+        self.state.phase = "done"
+        self.save()
+        return self.state
+
+    def hard_prune(self) -> None:
+        shapes = {n: t.shape for n, t in self.tensors.items()}
+        self.masks = self.constraints.hard_masks(self._constrained(), shapes)
+        self.apply_masks()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        for name, mask in self.masks.items():
+            self.tensors[name].mul_(mask.to(self.tensors[name].dtype))
+
+    def _epoch(self, base_lr: float, total_epochs: int, admm: bool) -> None:
+        cfg, st = self.cfg, self.state
+        steps = self._steps_per_epoch()
+        total_steps = steps * total_epochs
+        update_every = max(1, total_steps // max(cfg.admm_iters, 1))
+        generator = torch.Generator().manual_seed(cfg.seed * 100003 + (0 if admm else 50000) + st.epoch)
+        torch.manual_seed(cfg.seed * 7919 + st.epoch + (0 if admm else 50000))
+        self.module.train()
+        running = 0.0
+        for i, (x, y) in enumerate(self.train.batches(cfg.batch_size, shuffle=True, augment=True, generator=generator)):
+            step = st.epoch * steps + i
+            lr = 0.5 * base_lr * (1 + math.cos(math.pi * step / total_steps))  # cosine over the phase
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            out = first_output(self.module(x))
+            loss = self.objective(out, x, y)
+            task_loss = float(loss.detach())
+            if admm:
+                for n, w in self._constrained().items():
+                    loss = loss + 0.5 * st.rho * (w - self.Z[n] + self.U[n]).pow(2).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if not admm:
+                self.apply_masks()
+            elif (step + 1) % update_every == 0 and st.updates < cfg.admm_iters:
+                self._admm_update()
+            running += task_loss
+            self.progress(phase="ADMM" if admm else "fine-tune", epoch=st.epoch + 1, epochs=total_epochs,
+                          step=i + 1, steps=steps, loss=running / (i + 1), rho=st.rho if admm else None)
+        record = {"phase": "admm" if admm else "finetune", "epoch": st.epoch + 1, "train_loss": running / steps}
+        record.update({f"val_{k}": v for k, v in evaluate(self.module, self.val, self.objective).items()})
+        if admm:
+            record["rho"] = st.rho
+            record["residual"] = self.residuals[-1] if self.residuals else None
+            record["distance_to_structure"] = self.distances[-1] if self.distances else None
+        st.history.append(record)
+        st.epoch += 1
+        self.save()
+
+    @torch.no_grad()
+    def _admm_update(self) -> None:
+        w = self._constrained()
+        wu = {n: w[n].detach() + self.U[n] for n in self.Z}
+        self.Z = {n: z.clone() for n, z in self.constraints.project(wu).items()}
+        for n in self.U:
+            self.U[n] += w[n].detach() - self.Z[n]
+        den = sum(float(w[n].detach().pow(2).sum()) for n in self.Z) or 1.0
+        num = sum(float((w[n].detach() - self.Z[n]).pow(2).sum()) for n in self.Z)
+        self.residuals.append(math.sqrt(num / den))
+        projected = self.constraints.project({n: w[n].detach() for n in self.Z})
+        gap = sum(float((w[n].detach() - projected[n]).pow(2).sum()) for n in self.Z)
+        self.distances.append(math.sqrt(gap / den))
+        self.state.updates += 1
+        self.state.rho = min(self.state.rho * self.cfg.rho_mult, self.cfg.rho_max)

@@ -1,0 +1,80 @@
+"""In-memory batches for pruning and fine-tuning: the whole (small) dataset as one float tensor,
+CIFAR augmentation applied per batch with vectorised tensor ops (no per-image Python work)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from acc.data.images import ImageData
+from acc.data.preprocess import Preprocess
+from acc.errors import InputError
+
+CROP_PADDING = 4
+
+
+@dataclass
+class TensorData:
+    inputs: torch.Tensor  # float32 NCHW (or NHWC when the model wants it), preprocessed
+    labels: torch.Tensor | None  # int64 [N] or None
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @classmethod
+    def from_images(cls, data: ImageData, pre: Preprocess) -> "TensorData":
+        if len(data) == 0:
+            raise InputError(f"{data.source or 'dataset'}: no inputs")
+        if data.is_raw_images:
+            x = torch.from_numpy(np.ascontiguousarray(data.inputs)).permute(0, 3, 1, 2).float() / 255.0
+            mean = torch.tensor(pre.mean).view(1, -1, 1, 1)
+            std = torch.tensor(pre.std).view(1, -1, 1, 1)
+            if mean.shape[1] not in (1, x.shape[1]):
+                raise InputError(f"{data.source}: {x.shape[1]} channels but mean/std give {mean.shape[1]} values")
+            x = (x - mean) / std
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
+        labels = None if data.labels is None else torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
+        return cls(x.contiguous(), labels)
+
+    def subset(self, indices) -> "TensorData":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return TensorData(self.inputs[idx], None if self.labels is None else self.labels[idx])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False, generator: torch.Generator | None = None):
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x = self.inputs[idx]
+            if augment and x.dim() == 4:
+                x = random_crop_flip(x, generator)
+            yield x, (None if self.labels is None else self.labels[idx])
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None, padding: int = CROP_PADDING) -> torch.Tensor:
+    """Per-image random crop of the zero-padded batch back to its size, and random horizontal flip."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    out = torch.gather(padded, 2, _rows_index(top, h, padded))
+    out = torch.gather(out, 3, _cols_index(left, w, out))
+    flip = torch.rand(b, generator=generator) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _rows_index(top: torch.Tensor, h: int, padded: torch.Tensor) -> torch.Tensor:
+    b, c, _, pw = padded.shape
+    rows = top[:, None] + torch.arange(h)[None, :]
+    return rows[:, None, :, None].expand(b, c, h, pw)
+
+
+def _cols_index(left: torch.Tensor, w: int, x: torch.Tensor) -> torch.Tensor:
+    b, c, h, _ = x.shape
+    cols = left[:, None] + torch.arange(w)[None, :]
+    return cols[:, None, None, :].expand(b, c, h, w)

@@ -1,0 +1,119 @@
+"""ONNX <-> torch: a trainable module whose tensors map one-to-one to ONNX initializer names.
+
+onnx2torch turns Conv/BatchNormalization/Gemm into real nn modules (their parameters train) and
+every other constant into a buffer read through `get_attr`. The bridge records, for each ONNX
+initializer, the torch tensor that holds it and how its layout differs (Gemm with transB=0 holds
+W transposed, scaled by alpha), so masks computed on ONNX axes apply to torch tensors and trained
+values go back into the ONNX graph. Weight-like constants that onnx2torch left as buffers (MatMul
+weights) become parameters, so they train too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from acc.errors import InputError
+from acc.prune.onnx2torch_compat import onnx2torch as _onnx2torch
+
+
+@dataclass
+class TensorView:
+    """Where an ONNX initializer lives in torch, and how to convert between the two layouts."""
+
+    tensor: torch.Tensor
+    transposed: bool = False  # torch holds the 2-D ONNX array transposed
+    scale: float = 1.0  # torch holds scale * ONNX values
+
+    def to_onnx(self) -> np.ndarray:
+        value = self.tensor.detach().cpu().numpy()
+        if self.scale != 1.0:
+            value = value / self.scale
+        return np.ascontiguousarray(value.T if self.transposed else value)
+
+    def torch_axis(self, onnx_axis: int) -> int:
+        return (1 - onnx_axis) if self.transposed else onnx_axis
+
+
+class TorchModel:
+    """A converted model: `module` trains; `views[name]` is the torch side of ONNX initializer `name`."""
+
+    def __init__(self, model: onnx.ModelProto, trainable: set[str] | None = None):
+        onnx2torch = _onnx2torch()
+        from onnx2torch.onnx_graph import OnnxGraph
+
+        self.model = model
+        try:
+            self.module: torch.fx.GraphModule = onnx2torch.convert(model, attach_onnx_mapping=True)
+        except Exception as err:
+            raise InputError(f"the model cannot be converted to torch for training: {err}") from None
+        self.module.eval()
+        nodes = {OnnxGraph.generate_node_name(n): n for n in model.graph.node}
+        self.views: dict[str, TensorView] = {}
+        for name, submodule in self.module.named_children():
+            node = nodes.get(name)
+            if node is not None:
+                self._map_module(node, submodule)
+        self._map_get_attrs()
+        self._promote(trainable or set())
+
+    def _map_module(self, node: onnx.NodeProto, m: nn.Module) -> None:
+        inputs = list(node.input)
+        if isinstance(m, (nn.modules.conv._ConvNd,)):
+            self.views[inputs[1]] = TensorView(m.weight)
+            if m.bias is not None and len(inputs) > 2:
+                self.views[inputs[2]] = TensorView(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for i, attr in enumerate(("weight", "bias", "running_mean", "running_var"), start=1):
+                self.views[inputs[i]] = TensorView(getattr(m, attr))
+        elif isinstance(m, nn.Linear):
+            a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+            self.views[inputs[1]] = TensorView(m.weight, transposed=not a.get("transB", 0), scale=float(a.get("alpha", 1.0)))
+            if m.bias is not None and len(inputs) > 2:
+                self.views[inputs[2]] = TensorView(m.bias, scale=float(a.get("beta", 1.0)))
+
+    def _map_get_attrs(self) -> None:
+        modules = dict(self.module.named_modules())
+        for fx_node in self.module.graph.nodes:
+            if fx_node.op != "call_module":
+                continue
+            mapping = getattr(modules[fx_node.target], "onnx_mapping", None)
+            if mapping is None:
+                continue
+            for arg, onnx_name in zip(fx_node.args, mapping.inputs):
+                if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and onnx_name not in self.views:
+                    self.views[onnx_name] = TensorView(self.module.get_submodule("initializers").get_buffer(arg.target.split(".", 1)[1]))
+
+    def _promote(self, names: set[str]) -> None:
+        """Make the named get_attr buffers trainable parameters (same storage, same fx targets)."""
+        if not hasattr(self.module, "initializers"):
+            return
+        container = self.module.get_submodule("initializers")
+        for buffer_name, buffer in list(container.named_buffers(recurse=False)):
+            onnx_names = [n for n, v in self.views.items() if v.tensor is buffer and n in names]
+            if not onnx_names or not buffer.is_floating_point():
+                continue
+            delattr(container, buffer_name)
+            param = nn.Parameter(buffer.detach().clone())
+            container.register_parameter(buffer_name, param)
+            for n in onnx_names:
+                self.views[n] = TensorView(param, self.views[n].transposed, self.views[n].scale)
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """The original graph with every mapped initializer replaced by its current torch value."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self.model)
+        for t in out.graph.initializer:
+            view = self.views.get(t.name)
+            if view is not None:
+                old = numpy_helper.to_array(t)
+                t.CopyFrom(numpy_helper.from_array(view.to_onnx().astype(old.dtype).reshape(old.shape), t.name))
+        return out
+
+    def __call__(self, *inputs):
+        return self.module(*inputs)

@@ -1,0 +1,171 @@
+"""Structured sparsity constraints on the torch side, and the Euclidean projection onto them.
+
+Two shapes, both on ONNX initializers seen through the bridge:
+- GroupConstraint: keep `keep` channels of a channel group; a channel's norm is summed over every
+  weight that writes or reads it (all members of the group), so coupled layers decide together.
+  Projection zeroes the other channels' positions in every weight member. Frozen channels stay.
+- ColumnConstraint: keep `keep` columns of one conv/Gemm weight viewed as W[out, in*kh*kw]
+  (one column = one (in_channel, kh, kw) position across all filters).
+
+`project` returns Z (same shapes as the given tensors); `support` the boolean keep masks. The
+hard-prune masks of a group constraint also cover biases and BN scale/shift (zeroed as in
+acc.passes.mask), so a removed channel is exactly dead in the exported graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from acc.passes.analysis import Analysis
+from acc.passes.channels import WEIGHT_ROLES
+from acc.passes.mask import ZEROED_ROLES
+from acc.prune.bridge import TorchModel
+
+
+@dataclass
+class MemberIndex:
+    """One ONNX member seen in torch: which torch axis, and the group channel at each position (-1: other)."""
+
+    name: str
+    torch_axis: int
+    channel_at: torch.Tensor  # long [positions]
+    role: str
+
+
+class GroupConstraint:
+    def __init__(self, analysis: Analysis, bridge: TorchModel, group_name: str, keep: int):
+        group = analysis.group(group_name)
+        self.name = group_name
+        self.width = group.width
+        self.keep = max(1, min(int(keep), group.width))
+        self.frozen = torch.tensor([why is not None for why in group.frozen])
+        find = analysis.elements.find
+        root_to_channel = {find(int(ch[0])): j for j, ch in enumerate(group.channels)}
+        self.members: list[MemberIndex] = []
+        for mi in group.members:
+            m = analysis.members[mi]
+            if m.initializer not in bridge.views:
+                continue
+            view = bridge.views[m.initializer]
+            channel_at = [root_to_channel.get(find(e), -1) if e >= 0 else -1 for e in m.layout.tolist()]
+            self.members.append(MemberIndex(m.initializer, view.torch_axis(m.axis), torch.tensor(channel_at), m.role))
+
+    @property
+    def weight_names(self) -> set[str]:
+        return {m.name for m in self.members if m.role in WEIGHT_ROLES}
+
+    def scores(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros(self.width, dtype=torch.float64)
+        for m in self.members:
+            if m.role not in WEIGHT_ROLES or m.name not in tensors:
+                continue
+            t = tensors[m.name].detach().double()
+            per_pos = t.pow(2).transpose(0, m.torch_axis).reshape(t.shape[m.torch_axis], -1).sum(1)
+            valid = m.channel_at >= 0
+            total.index_add_(0, m.channel_at[valid], per_pos[valid])
+        return total
+
+    def kept_channels(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bool [width]: frozen channels always, then the largest norms up to `keep`."""
+        scores = self.scores(tensors)
+        scores[self.frozen] = float("inf")
+        order = torch.argsort(scores, descending=True, stable=True)
+        kept = torch.zeros(self.width, dtype=torch.bool)
+        kept[order[: max(self.keep, int(self.frozen.sum()))]] = True
+        return kept
+
+    def position_masks(self, kept: torch.Tensor, roles) -> dict[str, tuple[int, torch.Tensor]]:
+        out = {}
+        for m in self.members:
+            if m.role not in roles:
+                continue
+            keep_pos = torch.ones(len(m.channel_at), dtype=torch.bool)
+            valid = m.channel_at >= 0
+            keep_pos[valid] = kept[m.channel_at[valid]]
+            out.setdefault(m.name, []).append((m.torch_axis, keep_pos))
+        return out
+
+
+class ColumnConstraint:
+    def __init__(self, name: str, shape: torch.Size, torch_axis_in: int, keep: int):
+        self.name = name
+        self.in_axis = torch_axis_in  # torch axis of the input channels (1 for conv, 1 or 0 for Linear)
+        self.shape = tuple(shape)
+        out_axis = 0 if torch_axis_in != 0 else 1
+        self.out_axis = out_axis
+        self.columns = int(np.prod(self.shape)) // self.shape[out_axis]
+        self.keep = max(1, min(int(keep), self.columns))
+
+    def _as_matrix(self, t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(0, self.out_axis).reshape(t.shape[self.out_axis], -1)
+
+    def kept_columns(self, t: torch.Tensor) -> torch.Tensor:
+        norms = self._as_matrix(t.detach()).pow(2).sum(0)
+        kept = torch.zeros(self.columns, dtype=torch.bool)
+        kept[torch.argsort(norms, descending=True, stable=True)[: self.keep]] = True
+        return kept
+
+    def mask(self, kept_columns: torch.Tensor) -> torch.Tensor:
+        """Bool mask of the weight's torch shape."""
+        moved_shape = (self.shape[self.out_axis],) + tuple(s for i, s in enumerate(self.shape) if i != self.out_axis)
+        m = kept_columns.view(1, *moved_shape[1:]).expand(moved_shape)
+        perm = list(range(1, len(self.shape)))
+        perm.insert(self.out_axis, 0)
+        return m.permute(*perm) if self.out_axis != 0 else m.contiguous()
+
+
+def _apply_position_masks(shape, entries) -> torch.Tensor:
+    mask = torch.ones(shape, dtype=torch.bool)
+    for axis, keep_pos in entries:
+        view = [1] * len(shape)
+        view[axis] = len(keep_pos)
+        mask &= keep_pos.view(view)
+    return mask
+
+
+class ConstraintSet:
+    """All constraints of one pruning run; projections and masks are keyed by ONNX initializer name."""
+
+    def __init__(self, groups: list[GroupConstraint], columns: list[ColumnConstraint]):
+        self.groups = groups
+        self.columns = columns
+
+    @property
+    def constrained_names(self) -> set[str]:
+        names = set()
+        for g in self.groups:
+            names |= g.weight_names
+        return names | {c.name for c in self.columns}
+
+    def weight_masks(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keep-masks of the constrained weights for the projection of `tensors`."""
+        masks: dict[str, torch.Tensor] = {}
+        for g in self.groups:
+            kept = g.kept_channels(tensors)
+            for name, entries in g.position_masks(kept, WEIGHT_ROLES).items():
+                if name in tensors:
+                    m = _apply_position_masks(tensors[name].shape, entries)
+                    masks[name] = masks[name] & m if name in masks else m
+        for c in self.columns:
+            if c.name in tensors:
+                m = c.mask(c.kept_columns(tensors[c.name]))
+                masks[c.name] = masks[c.name] & m if c.name in masks else m
+        return masks
+
+    def project(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        masks = self.weight_masks(tensors)
+        return {name: tensors[name] * masks[name] for name in masks}
+
+    def hard_masks(self, tensors: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+        """Masks for hard pruning: the projection's support, extended to biases and BN scale/shift."""
+        masks = self.weight_masks(tensors)
+        for g in self.groups:
+            kept = g.kept_channels(tensors)
+            for name, entries in g.position_masks(kept, ZEROED_ROLES).items():
+                if name in shapes and name not in g.weight_names:
+                    m = _apply_position_masks(shapes[name], entries)
+                    masks[name] = masks[name] & m if name in masks else m
+        return masks

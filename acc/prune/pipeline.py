@@ -1,0 +1,191 @@
+"""`acc prune`: ADMM -> hard prune -> purification -> masked fine-tuning -> rewrite -> verify.
+
+The ONNX graph is the source of truth at both ends: the imported model is trained in torch
+through the bridge, the masked result goes back into the same graph, and the lossless ONNX
+purification pass turns every zeroed channel into a physically removed one. The rewritten model
+is verified against the masked one before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+
+from acc.data import load_dataset, resolve_preprocess
+from acc.errors import InputError
+from acc.passes.analysis import analyze
+from acc.passes.channels import WEIGHT_ROLES
+from acc.passes.counting import count
+from acc.passes.importer import normalize
+from acc.passes.load import load_model
+from acc.passes.purify import purify
+from acc.passes.verify import verify_equal
+from acc.prune import checkpoint as ckpt
+from acc.prune.admm import TrainConfig, Trainer
+from acc.prune.batches import TensorData
+from acc.prune.bridge import TorchModel
+from acc.prune.objective import Objective, evaluate
+from acc.prune.purify import purify_near_zero
+from acc.prune.rates import Rates, build_constraints
+
+
+@dataclass
+class PruneOptions:
+    rates: Rates
+    scheme: str = "filter"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    labels: bool | None = None  # None: use labels when the data has them; False: distil
+    validation_fraction: float = 0.1
+    limit: int | None = None  # train on a seeded random subset of this size
+    test_limit: int | None = None
+    purify_tolerance: float = 1e-3
+    purify_max_evaluations: int = 24
+    checkpoint: str | os.PathLike | None = None
+    resume: bool = False
+    progress: bool = True
+    threads: int | None = None
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    masked: onnx.ModelProto
+    report: dict
+
+
+def _load_data(data_path, model_path, options: PruneOptions, input_shape):
+    pre = resolve_preprocess(model_path, size=tuple(input_shape[2:]) if len(input_shape) == 4 else None)
+    data = load_dataset(data_path, split="train", size=pre.size, limit=options.limit, seed=options.train.seed)
+    if options.labels and data.labels is None:
+        raise InputError(f"{data_path}: --labels was given but the data has no labels")
+    full = TensorData.from_images(data, pre)
+    if len(full) < 2:
+        raise InputError(f"{data_path}: needs at least 2 inputs")
+    if tuple(full.inputs.shape[1:]) != tuple(input_shape[1:]):
+        raise InputError(f"{data_path}: inputs of shape {tuple(full.inputs.shape[1:])}, the model takes {tuple(input_shape[1:])}")
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(options.train.seed))
+    n_val = min(max(1, round(options.validation_fraction * len(full))), len(full) - 1)
+    train, val = full.subset(order[n_val:].sort().values), full.subset(order[:n_val].sort().values)
+    test = None
+    folder = Path(data_path)
+    if folder.is_dir() and ((folder / "test.jpeg.npz").is_file() or (folder / "test").is_dir()):
+        t = load_dataset(folder, split="test", size=pre.size, limit=options.test_limit, seed=options.train.seed)
+        test = TensorData.from_images(t, pre)
+    return train, val, test, pre
+
+
+def _check_labels(data: TensorData, num_classes: int, source) -> None:
+    if data.labels is not None and (int(data.labels.min()) < 0 or int(data.labels.max()) >= num_classes):
+        raise InputError(f"{source}: labels must be in [0, {num_classes}), found {int(data.labels.min())}..{int(data.labels.max())}")
+
+
+class _Progress:
+    """One tqdm bar per epoch, with the running loss (and rho during ADMM)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, phase, epoch, epochs, step, steps, loss, rho=None):
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if step == 1:
+            self.bar = tqdm(total=steps, desc=f"{phase} {epoch}/{epochs}", leave=True, unit="batch")
+        postfix = {"loss": f"{loss:.4f}"}
+        if rho is not None:
+            postfix["rho"] = f"{rho:.2g}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+        if step == steps:
+            self.bar.close()
+
+
+def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None) -> PruneResult:
+    started = time.time()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.train.seed)
+    original = load_model(model_path)
+    model = normalize(original)
+    analysis = analyze(model)
+    if rates_from_analysis is not None:
+        options.rates = rates_from_analysis(analysis)
+    input_shape = analysis.index.shape(analysis.index.input_names[0])
+    train, val, test, pre = _load_data(data_path, model_path, options, input_shape)
+    out_shape = analysis.index.shape(analysis.index.output_names[0]) or ()
+    use_labels = train.labels is not None if options.labels is None else options.labels
+    if use_labels and len(out_shape) == 2:
+        for d in (train, val) + ((test,) if test is not None else ()):
+            _check_labels(d, out_shape[1], data_path)
+    weight_names = {m.initializer for m in analysis.members if m.role in WEIGHT_ROLES}
+    bridge = TorchModel(model, trainable=weight_names)
+    teacher = None if use_labels else TorchModel(model).module
+    objective = Objective(teacher, use_labels=use_labels)
+    constraints = build_constraints(analysis, bridge, options.rates)
+    tensors = {name: view.tensor for name, view in bridge.views.items()}
+
+    def score(data):
+        return None if data is None else evaluate(bridge.module, data, objective)
+
+    before = {"val": score(val), "test": score(test)}
+    trainer = Trainer(
+        bridge.module, constraints, tensors, train, val, objective, options.train,
+        checkpoint_path=options.checkpoint, progress=_Progress(options.progress),
+        after_hard_prune=lambda t: {"phase": "purify", **_near_zero_record(t, options)},
+    )
+    if options.resume:
+        trainer.restore(ckpt.load(options.checkpoint))
+    trainer.run()
+    trainer.apply_masks()
+    after = {"val": score(val), "test": score(test)}
+    masked = bridge.to_onnx()
+    purified = purify(masked)
+    diffs = verify_equal(masked, purified.model, what="pruned model")
+    report = _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre, use_labels)
+    return PruneResult(purified.model, masked, report)
+
+
+def _near_zero_record(trainer, options) -> dict:
+    r = purify_near_zero(trainer, options.purify_tolerance, options.purify_max_evaluations)
+    return {"removed": r.removed, "evaluations": r.evaluations, "val_loss_before": r.loss_before, "val_loss_after": r.loss_after}
+
+
+def _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre, use_labels) -> dict:
+    c0, cm, c1 = count(model), count(masked), count(purified.model)
+    small = analyze(purified.model)
+    widths_after = {g.name: g.width for g in small.groups}
+    layers = []
+    for g in analysis.groups:
+        if g.is_boundary:
+            continue
+        layers.append({
+            "group": g.name,
+            "scheme_rate": options.rates.groups.get(g.name, 0.0),
+            "width_before": g.width,
+            "width_after": widths_after.get(g.name, len(purified.plan.keep.get(g.name, range(g.width)))),
+        })
+    columns = []
+    for name, rate in options.rates.columns.items():
+        columns.append({"layer": name, "column_rate": rate})
+    return {
+        "objective": "cross-entropy on labels" if use_labels else "distillation from the original model",
+        "accuracy_before": before, "accuracy_after": after,
+        "params": {"before": c0.params, "after_dense": c1.params, "after_nonzero": c1.nonzero_params,
+                   "reduction_dense": c0.params / max(c1.params, 1), "reduction_nonzero": c0.params / max(c1.nonzero_params, 1)},
+        "flops": {"before": c0.flops, "after": c1.flops, "reduction": c0.flops / max(c1.flops, 1)},
+        "masked_nonzero_params": cm.nonzero_params,
+        "groups": layers, "columns": columns, "rates": options.rates.to_json(),
+        "history": trainer.state.history, "admm_residuals": trainer.residuals,
+        "admm_distance_to_structure": trainer.distances,
+        "train_config": vars(options.train).copy(), "train_images": len(trainer.train), "val_images": len(trainer.val),
+        "preprocess": pre.to_json(),
+        "verification": [{"output": d.name, "max_abs_error": d.max_abs_error, "max_abs_output": d.max_abs_output} for d in diffs],
+        "seconds": time.time() - started,
+    }
