@@ -69,6 +69,10 @@ def prune(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    device: str = "cpu",
+    criterion: str = "l2",
+    test_limit: int | None = None,
+    purify_evaluations: int = 24,
 ):
     """ADMM structured pruning with given rates (a rates JSON path or dict, or `uniform`), then
     purification, masked fine-tuning, rewrite and verification. Returns a PruneResult."""
@@ -103,7 +107,8 @@ def prune(
         return load_rates(rates, analysis)
 
     options = PruneOptions(rates=Rates(), scheme=scheme, train=config, labels=labels, limit=limit,
-                           checkpoint=checkpoint, resume=resume, progress=progress)
+                           checkpoint=checkpoint, resume=resume, progress=progress, device=device,
+                           criterion=criterion, test_limit=test_limit, purify_max_evaluations=purify_evaluations)
     result = _prune(model, data, options, rates_from_analysis=choose)
     if output is not None:
         atomic.write_bytes(output, result.model.SerializeToString())

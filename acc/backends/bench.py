@@ -69,7 +69,8 @@ class _Prepared:
     meta: dict
 
 
-def _prepare(path: str, target: str | None, workdir: Path, index: int, build_opts: dict, log) -> _Prepared:
+def _prepare(path: str, target: str | None, workdir: Path, index: int, build_opts: dict, log,
+             remote: bool) -> _Prepared:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"no such file: {p}")
@@ -80,6 +81,9 @@ def _prepare(path: str, target: str | None, workdir: Path, index: int, build_opt
     meta = compile_mod.read_metadata(p)
     if target and target != meta.get("target_name"):
         raise InputError(f"{p} was built for target {meta.get('target_name')!r}, not {target!r}")
+    triple = str((meta.get("target") or {}).get("mtriple", ""))
+    if not remote and triple.startswith(("aarch64", "arm")):
+        raise InputError(f"{p} was built for {meta.get('target_name')!r}: run it on the device with --rpc or --tracker")
     onnx_path = meta.get("model", "")
     if not Path(onnx_path).is_file():
         raise InputError(f"the ONNX model {p} was built from is gone ({onnx_path}); pass the .onnx instead")
@@ -145,7 +149,7 @@ def bench(
 
     with tempfile.TemporaryDirectory(prefix="acc-bench-") as tmp:
         workdir = Path(tmp)
-        prepared = [_prepare(p, target, workdir, i, build_opts, log) for i, p in enumerate(paths)]
+        prepared = [_prepare(p, target, workdir, i, build_opts, log, remote_wanted) for i, p in enumerate(paths)]
         input_files = []
         for i, prep in enumerate(prepared):
             f = workdir / f"inputs{i}.npz"

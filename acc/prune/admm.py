@@ -103,7 +103,11 @@ class Trainer:
             raise InputError("the checkpoint was made with other training options; rerun without --resume")
         self.module.load_state_dict(data["module"])
         self.state = RunState(**data["state"])
-        self.Z, self.U, self.masks, self.residuals = data["Z"], data["U"], data["masks"], data["residuals"]
+        device = {n: self.tensors[n].device for n in self.tensors}
+        self.Z = {n: z.to(device[n]) for n, z in data["Z"].items()}
+        self.U = {n: u.to(device[n]) for n, u in data["U"].items()}
+        self.masks = {n: m.to(device[n]) for n, m in data["masks"].items()}
+        self.residuals = data["residuals"]
         self.distances = data["distances"]
         if self.state.phase != "done":
             lr = self.cfg.lr if self.state.phase == "admm" else self.cfg.finetune_lr
@@ -137,8 +141,7 @@ class Trainer:
         return self.state
 
     def hard_prune(self) -> None:
-        shapes = {n: t.shape for n, t in self.tensors.items()}
-        self.masks = self.constraints.hard_masks(self._constrained(), shapes)
+        self.masks = self.constraints.hard_masks(self._constrained(), self.tensors)
         self.apply_masks()
 
     @torch.no_grad()

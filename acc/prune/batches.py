@@ -40,15 +40,18 @@ class TensorData:
         labels = None if data.labels is None else torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
         return cls(x.contiguous(), labels)
 
+    def to(self, device) -> "TensorData":
+        return TensorData(self.inputs.to(device), None if self.labels is None else self.labels.to(device))
+
     def subset(self, indices) -> "TensorData":
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.inputs.device)
         return TensorData(self.inputs[idx], None if self.labels is None else self.labels[idx])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False, generator: torch.Generator | None = None):
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+            idx = order[start : start + batch_size].to(self.inputs.device)
             x = self.inputs[idx]
             if augment and x.dim() == 4:
                 x = random_crop_flip(x, generator)
@@ -59,22 +62,22 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None, 
     """Per-image random crop of the zero-padded batch back to its size, and random horizontal flip."""
     b, _, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
     out = torch.gather(padded, 2, _rows_index(top, h, padded))
     out = torch.gather(out, 3, _cols_index(left, w, out))
-    flip = torch.rand(b, generator=generator) < 0.5
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
     out[flip] = out[flip].flip(-1)
     return out
 
 
 def _rows_index(top: torch.Tensor, h: int, padded: torch.Tensor) -> torch.Tensor:
     b, c, _, pw = padded.shape
-    rows = top[:, None] + torch.arange(h)[None, :]
+    rows = top[:, None] + torch.arange(h, device=top.device)[None, :]
     return rows[:, None, :, None].expand(b, c, h, pw)
 
 
 def _cols_index(left: torch.Tensor, w: int, x: torch.Tensor) -> torch.Tensor:
     b, c, h, _ = x.shape
-    cols = left[:, None] + torch.arange(w)[None, :]
+    cols = left[:, None] + torch.arange(w, device=left.device)[None, :]
     return cols[:, None, None, :].expand(b, c, h, w)

@@ -10,6 +10,7 @@ weights) become parameters, so they train too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +25,17 @@ from acc.prune.onnx2torch_compat import onnx2torch as _onnx2torch
 
 @dataclass
 class TensorView:
-    """Where an ONNX initializer lives in torch, and how to convert between the two layouts."""
+    """Where an ONNX initializer lives in torch (a module attribute, so it survives `.to(device)`),
+    and how to convert between the two layouts."""
 
-    tensor: torch.Tensor
+    owner: nn.Module
+    attr: str
     transposed: bool = False  # torch holds the 2-D ONNX array transposed
     scale: float = 1.0  # torch holds scale * ONNX values
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.owner, self.attr)
 
     def to_onnx(self) -> np.ndarray:
         value = self.tensor.detach().cpu().numpy()
@@ -38,6 +45,22 @@ class TensorView:
 
     def torch_axis(self, onnx_axis: int) -> int:
         return (1 - onnx_axis) if self.transposed else onnx_axis
+
+
+class LiveTensors(Mapping):
+    """ONNX initializer name -> its current torch tensor (follows `.to(device)` and reloads)."""
+
+    def __init__(self, views: dict[str, TensorView]):
+        self._views = views
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._views[name].tensor
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
 
 
 class TorchModel:
@@ -65,17 +88,17 @@ class TorchModel:
     def _map_module(self, node: onnx.NodeProto, m: nn.Module) -> None:
         inputs = list(node.input)
         if isinstance(m, (nn.modules.conv._ConvNd,)):
-            self.views[inputs[1]] = TensorView(m.weight)
+            self.views[inputs[1]] = TensorView(m, "weight")
             if m.bias is not None and len(inputs) > 2:
-                self.views[inputs[2]] = TensorView(m.bias)
+                self.views[inputs[2]] = TensorView(m, "bias")
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             for i, attr in enumerate(("weight", "bias", "running_mean", "running_var"), start=1):
-                self.views[inputs[i]] = TensorView(getattr(m, attr))
+                self.views[inputs[i]] = TensorView(m, attr)
         elif isinstance(m, nn.Linear):
             a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
-            self.views[inputs[1]] = TensorView(m.weight, transposed=not a.get("transB", 0), scale=float(a.get("alpha", 1.0)))
+            self.views[inputs[1]] = TensorView(m, "weight", transposed=not a.get("transB", 0), scale=float(a.get("alpha", 1.0)))
             if m.bias is not None and len(inputs) > 2:
-                self.views[inputs[2]] = TensorView(m.bias, scale=float(a.get("beta", 1.0)))
+                self.views[inputs[2]] = TensorView(m, "bias", scale=float(a.get("beta", 1.0)))
 
     def _map_get_attrs(self) -> None:
         modules = dict(self.module.named_modules())
@@ -87,7 +110,8 @@ class TorchModel:
                 continue
             for arg, onnx_name in zip(fx_node.args, mapping.inputs):
                 if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and onnx_name not in self.views:
-                    self.views[onnx_name] = TensorView(self.module.get_submodule("initializers").get_buffer(arg.target.split(".", 1)[1]))
+                    owner_path, attr = arg.target.rsplit(".", 1)
+                    self.views[onnx_name] = TensorView(self.module.get_submodule(owner_path), attr)
 
     def _promote(self, names: set[str]) -> None:
         """Make the named get_attr buffers trainable parameters (same storage, same fx targets)."""
@@ -95,14 +119,11 @@ class TorchModel:
             return
         container = self.module.get_submodule("initializers")
         for buffer_name, buffer in list(container.named_buffers(recurse=False)):
-            onnx_names = [n for n, v in self.views.items() if v.tensor is buffer and n in names]
+            onnx_names = [n for n, v in self.views.items() if v.owner is container and v.attr == buffer_name and n in names]
             if not onnx_names or not buffer.is_floating_point():
                 continue
             delattr(container, buffer_name)
-            param = nn.Parameter(buffer.detach().clone())
-            container.register_parameter(buffer_name, param)
-            for n in onnx_names:
-                self.views[n] = TensorView(param, self.views[n].transposed, self.views[n].scale)
+            container.register_parameter(buffer_name, nn.Parameter(buffer.detach().clone()))
 
     def to_onnx(self) -> onnx.ModelProto:
         """The original graph with every mapped initializer replaced by its current torch value."""
@@ -114,6 +135,14 @@ class TorchModel:
                 old = numpy_helper.to_array(t)
                 t.CopyFrom(numpy_helper.from_array(view.to_onnx().astype(old.dtype).reshape(old.shape), t.name))
         return out
+
+    @property
+    def tensors(self) -> LiveTensors:
+        return LiveTensors(self.views)
+
+    def to(self, device) -> "TorchModel":
+        self.module.to(device)
+        return self
 
     def __call__(self, *inputs):
         return self.module(*inputs)

@@ -36,7 +36,8 @@ class MemberIndex:
 
 
 class GroupConstraint:
-    def __init__(self, analysis: Analysis, bridge: TorchModel, group_name: str, keep: int):
+    def __init__(self, analysis: Analysis, bridge: TorchModel, group_name: str, keep: int, criterion: str = "l2"):
+        self.criterion = criterion
         group = analysis.group(group_name)
         self.name = group_name
         self.width = group.width
@@ -63,7 +64,8 @@ class GroupConstraint:
             if m.role not in WEIGHT_ROLES or m.name not in tensors:
                 continue
             t = tensors[m.name].detach().double()
-            per_pos = t.pow(2).transpose(0, m.torch_axis).reshape(t.shape[m.torch_axis], -1).sum(1)
+            per_pos = (t.abs() if self.criterion == "l1" else t.pow(2))
+            per_pos = per_pos.transpose(0, m.torch_axis).reshape(t.shape[m.torch_axis], -1).sum(1).cpu()
             valid = m.channel_at >= 0
             total.index_add_(0, m.channel_at[valid], per_pos[valid])
         return total
@@ -90,7 +92,8 @@ class GroupConstraint:
 
 
 class ColumnConstraint:
-    def __init__(self, name: str, shape: torch.Size, torch_axis_in: int, keep: int):
+    def __init__(self, name: str, shape: torch.Size, torch_axis_in: int, keep: int, criterion: str = "l2"):
+        self.criterion = criterion
         self.name = name
         self.in_axis = torch_axis_in  # torch axis of the input channels (1 for conv, 1 or 0 for Linear)
         self.shape = tuple(shape)
@@ -103,7 +106,8 @@ class ColumnConstraint:
         return t.transpose(0, self.out_axis).reshape(t.shape[self.out_axis], -1)
 
     def kept_columns(self, t: torch.Tensor) -> torch.Tensor:
-        norms = self._as_matrix(t.detach()).pow(2).sum(0)
+        m = self._as_matrix(t.detach())
+        norms = (m.abs() if self.criterion == "l1" else m.pow(2)).sum(0).cpu()
         kept = torch.zeros(self.columns, dtype=torch.bool)
         kept[torch.argsort(norms, descending=True, stable=True)[: self.keep]] = True
         return kept
@@ -117,12 +121,12 @@ class ColumnConstraint:
         return m.permute(*perm) if self.out_axis != 0 else m.contiguous()
 
 
-def _apply_position_masks(shape, entries) -> torch.Tensor:
-    mask = torch.ones(shape, dtype=torch.bool)
+def _apply_position_masks(shape, entries, device=None) -> torch.Tensor:
+    mask = torch.ones(shape, dtype=torch.bool, device=device)
     for axis, keep_pos in entries:
         view = [1] * len(shape)
         view[axis] = len(keep_pos)
-        mask &= keep_pos.view(view)
+        mask &= keep_pos.to(mask.device).view(view)
     return mask
 
 
@@ -147,11 +151,11 @@ class ConstraintSet:
             kept = g.kept_channels(tensors)
             for name, entries in g.position_masks(kept, WEIGHT_ROLES).items():
                 if name in tensors:
-                    m = _apply_position_masks(tensors[name].shape, entries)
+                    m = _apply_position_masks(tensors[name].shape, entries, tensors[name].device)
                     masks[name] = masks[name] & m if name in masks else m
         for c in self.columns:
             if c.name in tensors:
-                m = c.mask(c.kept_columns(tensors[c.name]))
+                m = c.mask(c.kept_columns(tensors[c.name])).to(tensors[c.name].device)
                 masks[c.name] = masks[c.name] & m if c.name in masks else m
         return masks
 
@@ -159,13 +163,13 @@ class ConstraintSet:
         masks = self.weight_masks(tensors)
         return {name: tensors[name] * masks[name] for name in masks}
 
-    def hard_masks(self, tensors: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    def hard_masks(self, tensors: dict[str, torch.Tensor], all_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Masks for hard pruning: the projection's support, extended to biases and BN scale/shift."""
         masks = self.weight_masks(tensors)
         for g in self.groups:
             kept = g.kept_channels(tensors)
             for name, entries in g.position_masks(kept, ZEROED_ROLES).items():
-                if name in shapes and name not in g.weight_names:
-                    m = _apply_position_masks(shapes[name], entries)
+                if name in all_tensors and name not in g.weight_names:
+                    m = _apply_position_masks(all_tensors[name].shape, entries, all_tensors[name].device)
                     masks[name] = masks[name] & m if name in masks else m
         return masks

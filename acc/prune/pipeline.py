@@ -49,6 +49,8 @@ class PruneOptions:
     resume: bool = False
     progress: bool = True
     threads: int | None = None
+    device: str = "cpu"
+    criterion: str = "l2"  # channel/column norm for the projection (one-shot baselines use l1)
 
 
 @dataclass
@@ -128,8 +130,14 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     bridge = TorchModel(model, trainable=weight_names)
     teacher = None if use_labels else TorchModel(model).module
     objective = Objective(teacher, use_labels=use_labels)
-    constraints = build_constraints(analysis, bridge, options.rates)
-    tensors = {name: view.tensor for name, view in bridge.views.items()}
+    constraints = build_constraints(analysis, bridge, options.rates, options.criterion)
+    device = torch.device(options.device)
+    bridge.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    train, val = train.to(device), val.to(device)
+    test = None if test is None else test.to(device)
+    tensors = bridge.tensors
 
     def score(data):
         return None if data is None else evaluate(bridge.module, data, objective)

@@ -29,7 +29,7 @@ class NearZeroResult:
 
 def _candidates(trainer):
     """(relative score, group constraint, channel) for every kept, prunable channel, smallest first."""
-    tensors = {n: t for n, t in trainer.tensors.items()}
+    tensors = trainer.tensors
     out = []
     for g in trainer.constraints.groups:
         scores = g.scores(tensors)
@@ -69,7 +69,7 @@ def purify_near_zero(trainer, tolerance: float = 1e-3, max_evaluations: int = 24
             for name, entries in g.position_masks(kept, ZEROED_ROLES).items():
                 t = trainer.tensors[name]
                 saved.setdefault(name, t.detach().clone())
-                m = _apply_position_masks(t.shape, entries)
+                m = _apply_position_masks(t.shape, entries, t.device)
                 new_masks[name] = new_masks[name] & m if name in new_masks else m
         for name, m in new_masks.items():
             trainer.tensors[name].mul_(m.to(trainer.tensors[name].dtype))

@@ -106,12 +106,12 @@ def _stem_layers(analysis: Analysis) -> set[str]:
     return {n.name for n in analysis.model.graph.node if n.input and n.input[0] in inputs}
 
 
-def build_constraints(analysis: Analysis, bridge: TorchModel, rates: Rates) -> ConstraintSet:
+def build_constraints(analysis: Analysis, bridge: TorchModel, rates: Rates, criterion: str = "l2") -> ConstraintSet:
     groups = []
     for name, rate in rates.groups.items():
         g = analysis.group(name)
         if rate > 0:
-            groups.append(GroupConstraint(analysis, bridge, name, g.width - round(rate * g.width)))
+            groups.append(GroupConstraint(analysis, bridge, name, g.width - round(rate * g.width), criterion))
     columns = []
     layers = column_layers(analysis)
     for node_name, rate in rates.columns.items():
@@ -121,7 +121,7 @@ def build_constraints(analysis: Analysis, bridge: TorchModel, rates: Rates) -> C
             continue
         member = next(m for m in analysis.members if m.node == node_name and m.role == IN_WEIGHT)
         in_axis = view.torch_axis(member.axis)
-        c = ColumnConstraint(init, view.tensor.shape, in_axis, 0)
+        c = ColumnConstraint(init, view.tensor.shape, in_axis, 0, criterion)
         c.keep = max(1, c.columns - round(rate * c.columns))
         columns.append(c)
     return ConstraintSet(groups, columns)
