@@ -29,11 +29,11 @@ def sample_pack(source: Path, destination: Path, per_class: int, seed: int) -> i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "datasets" / "cifar10")
-    parser.add_argument("--out", type=Path, default=ROOT / "models" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "models" / "data" / "cifar10_demo")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for split, per_class, name in (("train", 200, "cifar10_demo.npz"), ("test", 100, "cifar10_demo_test.npz")):
+    for split, per_class, name in (("train", 200, "train.jpeg.npz"), ("test", 100, "test.jpeg.npz")):
         size = sample_pack(args.source / f"{split}.jpeg.npz", args.out / name, per_class, args.seed)
         print(f"{args.out / name}: {per_class} per class, {size / 1e6:.2f} MB of JPEG")
 

@@ -177,8 +177,8 @@ def test_validation_split_is_seeded_and_disjoint():
 
 
 def test_demo_sample_is_balanced():
-    train = load_dataset(DEMO / "cifar10_demo.npz")
-    test = load_dataset(DEMO / "cifar10_demo_test.npz")
+    train = load_dataset(DEMO / "cifar10_demo", split="train")
+    test = load_dataset(DEMO / "cifar10_demo", split="test")
     assert np.bincount(train.labels).tolist() == [200] * 10 and np.bincount(test.labels).tolist() == [100] * 10
 
 

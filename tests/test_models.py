@@ -123,9 +123,9 @@ def test_train_script_runs_and_writes_its_outputs(tmp_path):
 
     from models.train_cifar import main
 
-    demo = Path(__file__).resolve().parents[1] / "models" / "data"
-    shutil.copy(demo / "cifar10_demo.npz", tmp_path / "train.jpeg.npz")
-    shutil.copy(demo / "cifar10_demo_test.npz", tmp_path / "test.jpeg.npz")
+    demo = Path(__file__).resolve().parents[1] / "models" / "data" / "cifar10_demo"
+    shutil.copy(demo / "train.jpeg.npz", tmp_path / "train.jpeg.npz")
+    shutil.copy(demo / "test.jpeg.npz", tmp_path / "test.jpeg.npz")
     out = tmp_path / "out"
     options = "--model resnet20 --epochs 1 --limit 64 --batch-size 32 --onnx-check 4 --device cpu".split()
     main(["--data", str(tmp_path), "--out", str(out), *options])

@@ -20,7 +20,7 @@ from acc.passes.importer import import_model
 from acc.passes.verify import compare
 from acc.prune.bridge import TorchModel
 
-DEMO = Path(__file__).resolve().parent.parent / "models" / "data" / "cifar10_demo.npz"
+DEMO = Path(__file__).resolve().parent.parent / "models" / "data" / "cifar10_demo" / "train.jpeg.npz"
 FAST = dict(epochs=2, admm_iters=4, finetune_epochs=1, limit=256, batch_size=64, progress=False)
 
 
