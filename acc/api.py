@@ -115,3 +115,47 @@ def prune(
     if report is not None:
         atomic.write_text(report, json.dumps(result.report, indent=2, default=float))
     return result
+
+
+def compile(  # noqa: A001 - the verb users know
+    model: str | os.PathLike,
+    rate: str | float,
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    metric: str = "params",
+    rounds: int = 3,
+    budget_epochs: int = 4,
+    search_steps: int | None = None,
+    eval_images: int = 512,
+    limit: int | None = None,
+    test_limit: int | None = None,
+    target: str | None = None,
+    tune_trials: int = 0,
+    labels: bool | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 128,
+    lr: float = 0.01,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+):
+    """The whole AutoCompress pipeline (see acc.autocompress). Returns a CompileResult whose
+    `report` is what report.json holds."""
+    import math
+
+    from acc.autocompress import CompileOptions, compile_model, parse_rate
+    from acc.errors import InputError
+    from acc.prune.search import SearchConfig
+
+    search = SearchConfig(eval_images=eval_images)
+    if search_steps is not None:
+        if search_steps < 1:
+            raise InputError("--search-steps must be at least 1")
+        search.cooling = math.exp(math.log(search.t_end / search.t_start) / search_steps)
+    options = CompileOptions(rate=parse_rate(rate), metric=metric, rounds=rounds, budget_epochs=budget_epochs,
+                             labels=labels, seed=seed, resume=resume, limit=limit, test_limit=test_limit,
+                             batch_size=batch_size, lr=lr, device=device, progress=progress, search=search,
+                             target=target, tune_trials=tune_trials)
+    return compile_model(model, data, output, options, log=log)

@@ -1,7 +1,11 @@
-"""Write the demo's small CIFAR-10 sample: 2,000 train images (200 per class) and 1,000 test images
-(100 per class), chosen at random with a fixed seed, JPEG bytes copied as they are.
+"""Write the demo's small CIFAR-10 sample: 2,000 training images (200 per class) and 1,000 test
+images (100 per class), JPEG bytes copied as they are.
 
-    python models/make_demo_data.py [--source ../shared/datasets/cifar10] [--out models/data]
+Both come from CIFAR-10's *test* split, disjoint, chosen at random with a fixed seed: the shipped
+ResNet-20 was trained on the whole train split, so images from it would make the demo's validation
+(carved from its training data) a memorised set that says nothing about pruning damage.
+
+    python models/make_demo_data.py [--source ../shared/datasets/cifar10] [--out models/data/cifar10_demo]
 """
 
 from __future__ import annotations
@@ -14,16 +18,7 @@ import numpy as np
 from acc.data.cifar_pack import read_pack_arrays, write_pack
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def sample_pack(source: Path, destination: Path, per_class: int, seed: int) -> int:
-    arrays = read_pack_arrays(source, check_sha256=True)
-    labels, offsets, jpeg = arrays["labels"], arrays["offsets"], arrays["jpeg"]
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(len(arrays["classes"]))]))
-    blobs = [jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in chosen]
-    write_pack(destination, blobs, labels[chosen], arrays["classes"])
-    return sum(len(blob) for blob in blobs)
+TRAIN_PER_CLASS, TEST_PER_CLASS = 200, 100
 
 
 def main() -> None:
@@ -33,9 +28,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for split, per_class, name in (("train", 200, "train.jpeg.npz"), ("test", 100, "test.jpeg.npz")):
-        size = sample_pack(args.source / f"{split}.jpeg.npz", args.out / name, per_class, args.seed)
-        print(f"{args.out / name}: {per_class} per class, {size / 1e6:.2f} MB of JPEG")
+    arrays = read_pack_arrays(args.source / "test.jpeg.npz", check_sha256=True)
+    labels, offsets, jpeg = arrays["labels"], arrays["offsets"], arrays["jpeg"]
+    rng = np.random.default_rng(args.seed)
+    picks = [rng.choice(np.flatnonzero(labels == c), TRAIN_PER_CLASS + TEST_PER_CLASS, replace=False)
+             for c in range(len(arrays["classes"]))]
+    parts = {"train": np.sort(np.concatenate([p[:TRAIN_PER_CLASS] for p in picks])),
+             "test": np.sort(np.concatenate([p[TRAIN_PER_CLASS:] for p in picks]))}
+    for split, chosen in parts.items():
+        blobs = [jpeg[offsets[i]: offsets[i + 1]].tobytes() for i in chosen]
+        write_pack(args.out / f"{split}.jpeg.npz", blobs, labels[chosen], arrays["classes"])
+        print(f"{args.out / split}.jpeg.npz: {len(chosen)} images, {sum(map(len, blobs)) / 1e6:.2f} MB of JPEG")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,10 @@ def tune(
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
+    import logging
+
+    # MetaSchedule prints every task table to stdout; the per-task logs in work_dir keep them.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     target = spec.tvm_target()
     folder = db_dir(db_root, spec)
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ COMMAND_MODULES = [
     "analyze",
     "shrink",
     "prune",
+    "compile",
     "build",
     "bench",
     "device",

@@ -42,7 +42,7 @@ class TrainConfig:
 
 @dataclass
 class RunState:
-    phase: str = "admm"  # admm -> finetune -> done
+    phase: str = "admm"  # admm -> (hard prune) finetune -> (near-zero purification) done
     epoch: int = 0  # epochs finished in the current phase
     updates: int = 0  # Z/U updates done
     rho: float = 0.0
@@ -54,7 +54,7 @@ class Trainer:
 
     def __init__(self, module, constraints: ConstraintSet, tensors: dict[str, torch.Tensor], train, val,
                  objective: Objective, config: TrainConfig, checkpoint_path: str | os.PathLike | None = None,
-                 progress=None, after_hard_prune=None):
+                 progress=None, after_finetune=None):
         self.module = module
         self.constraints = constraints
         self.tensors = tensors  # ONNX initializer name -> torch tensor (parameters and buffers)
@@ -63,7 +63,7 @@ class Trainer:
         self.cfg = config
         self.checkpoint_path = checkpoint_path
         self.progress = progress or (lambda **kw: None)
-        self.after_hard_prune = after_hard_prune  # e.g. near-zero purification; returns a record
+        self.after_finetune = after_finetune  # near-zero purification; returns a record for the history
         self.state = RunState(rho=config.rho)
         self.Z: dict[str, torch.Tensor] = {}
         self.U: dict[str, torch.Tensor] = {}
@@ -129,13 +129,15 @@ class Trainer:
                 self._epoch(self.cfg.lr, self.cfg.admm_epochs, admm=True)
         if self.state.phase == "admm":
             self.hard_prune()
-            if self.after_hard_prune is not None:
-                self.state.history.append(self.after_hard_prune(self))
             self.state.phase, self.state.epoch = "finetune", 0
             self.optimizer = self._make_optimizer(self.cfg.finetune_lr)
             self.save()
         while self.state.phase == "finetune" and self.state.epoch < self.cfg.finetune_epochs:
             self._epoch(self.cfg.finetune_lr, self.cfg.finetune_epochs, admm=False)
+        if self.state.phase == "finetune" and self.after_finetune is not None:
+            # Near-zero purification judges removals by the loss, which means something only once
+            # the masked model has recovered: it runs after fine-tuning.
+            self.state.history.append(self.after_finetune(self))
         self.state.phase = "done"
         self.save()
         return self.state

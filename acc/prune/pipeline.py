@@ -1,4 +1,8 @@
-"""`acc prune`: ADMM -> hard prune -> purification -> masked fine-tuning -> rewrite -> verify.
+"""`acc prune`: ADMM -> hard prune -> masked fine-tuning -> purification -> rewrite -> verify.
+
+Purification has two parts: the near-zero part (channels whose removal keeps the validation loss
+within a tolerance) runs after fine-tuning, when the loss is meaningful; the lossless part (dead
+channels) is the ONNX rewrite itself.
 
 The ONNX graph is the source of truth at both ends: the imported model is trained in torch
 through the bridge, the masked result goes back into the same graph, and the lossless ONNX
@@ -51,6 +55,8 @@ class PruneOptions:
     threads: int | None = None
     device: str = "cpu"
     criterion: str = "l2"  # channel/column norm for the projection (one-shot baselines use l1)
+    preprocess_model: str | os.PathLike | None = None  # whose <model>.preprocess.json to read
+    teacher_model: str | os.PathLike | None = None  # distil from this model (default: the input)
 
 
 @dataclass
@@ -60,8 +66,9 @@ class PruneResult:
     report: dict
 
 
-def _load_data(data_path, model_path, options: PruneOptions, input_shape):
-    pre = resolve_preprocess(model_path, size=tuple(input_shape[2:]) if len(input_shape) == 4 else None)
+def load_training_data(data_path, model_path, options: PruneOptions, input_shape):
+    """(train, validation, test or None, preprocessing): validation carved from train with the seed."""
+    pre = resolve_preprocess(options.preprocess_model or model_path, size=tuple(input_shape[2:]) if len(input_shape) == 4 else None)
     data = load_dataset(data_path, split="train", size=pre.size, limit=options.limit, seed=options.train.seed)
     if options.labels and data.labels is None:
         raise InputError(f"{data_path}: --labels was given but the data has no labels")
@@ -120,7 +127,7 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     if rates_from_analysis is not None:
         options.rates = rates_from_analysis(analysis)
     input_shape = analysis.index.shape(analysis.index.input_names[0])
-    train, val, test, pre = _load_data(data_path, model_path, options, input_shape)
+    train, val, test, pre = load_training_data(data_path, model_path, options, input_shape)
     out_shape = analysis.index.shape(analysis.index.output_names[0]) or ()
     use_labels = train.labels is not None if options.labels is None else options.labels
     if use_labels and len(out_shape) == 2:
@@ -128,7 +135,10 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
             _check_labels(d, out_shape[1], data_path)
     weight_names = {m.initializer for m in analysis.members if m.role in WEIGHT_ROLES}
     bridge = TorchModel(model, trainable=weight_names)
-    teacher = None if use_labels else TorchModel(model).module
+    teacher = None
+    if not use_labels:
+        teacher_graph = model if options.teacher_model is None else normalize(load_model(options.teacher_model))
+        teacher = TorchModel(teacher_graph).module
     objective = Objective(teacher, use_labels=use_labels)
     constraints = build_constraints(analysis, bridge, options.rates, options.criterion)
     device = torch.device(options.device)
@@ -146,7 +156,7 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     trainer = Trainer(
         bridge.module, constraints, tensors, train, val, objective, options.train,
         checkpoint_path=options.checkpoint, progress=_Progress(options.progress),
-        after_hard_prune=lambda t: {"phase": "purify", **_near_zero_record(t, options)},
+        after_finetune=lambda t: {"phase": "purify", **_near_zero_record(t, options)},
     )
     if options.resume:
         trainer.restore(ckpt.load(options.checkpoint))

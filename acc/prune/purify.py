@@ -1,4 +1,4 @@
-"""Purification after hard pruning (AutoCompress part 3).
+"""Purification after pruning (AutoCompress part 3).
 
 (a) Lossless: channels that are provably dead in the masked graph (no writer or no reader left,
     including input channels whose columns are all zero in every reader) are removed by the

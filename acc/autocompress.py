@@ -1,0 +1,256 @@
+"""`acc compile`: the whole AutoCompress pipeline, reaching `--rate` progressively.
+
+Round k of N aims at R^(k/N) fewer parameters (or FLOPs) than the input: simulated-annealing search
+for the per-group rates on the current model, then ADMM with those rates, purification, masked
+fine-tuning, and the physically smaller, verified graph the next round starts from.
+
+Everything a run makes lives under OUTDIR/state/round<k>/ and is written atomically; a killed run
+given --resume skips finished rounds, continues the search from its last step and ADMM from its
+last epoch. The final model, report.json, report.md and the plots go to OUTDIR; with --target,
+the TVM library of the final model too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from acc import atomic
+from acc.errors import InputError
+from acc.passes.analysis import analyze
+from acc.passes.counting import count
+from acc.passes.importer import normalize
+from acc.passes.load import load_model
+from acc.prune.admm import TrainConfig
+from acc.prune.bridge import TorchModel
+from acc.prune.cost import CostModel
+from acc.prune.objective import Objective
+from acc.prune.pipeline import PruneOptions, load_training_data, prune
+from acc.prune.rates import Rates
+from acc.prune.search import Annealer, Guidance, OneShotScorer, SearchConfig, max_reduction
+
+METRICS = ("params", "flops")
+
+
+def parse_rate(text: str | float) -> float:
+    """'30x', '30' -> 30.0; '96.7%' (removed) -> 1 / (1 - 0.967). Must be > 1."""
+    value = str(text).strip().lower()
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(x|%)?", value)
+    if not m:
+        raise InputError(f"--rate takes a reduction like 30x, 30 or 96.7% (removed), got '{text}'")
+    number = float(m.group(1))
+    if m.group(2) == "%":
+        if not 0 < number < 100:
+            raise InputError(f"--rate as a percentage removed must be in (0, 100), got {number}%")
+        number = 1.0 / (1.0 - number / 100.0)
+    if number <= 1.0:
+        raise InputError(f"--rate must be more than 1x (fewer parameters than the input), got {text}")
+    return number
+
+
+@dataclass
+class CompileOptions:
+    rate: float
+    metric: str = "params"
+    rounds: int = 3
+    budget_epochs: int = 4  # training epochs per round: half ADMM, half masked fine-tuning
+    labels: bool | None = None
+    seed: int = 0
+    resume: bool = False
+    limit: int | None = None
+    test_limit: int | None = None
+    batch_size: int = 128
+    lr: float = 0.01
+    device: str = "cpu"
+    progress: bool = True
+    search: SearchConfig = field(default_factory=SearchConfig)
+    target: str | None = None
+    tune_trials: int = 0
+
+
+@dataclass
+class CompileResult:
+    out_dir: Path
+    model_path: Path
+    report: dict
+    library: Path | None = None
+
+
+def _fingerprint(model_path, data, options: CompileOptions) -> dict:
+    o = asdict(options)
+    for volatile in ("resume", "progress", "target", "tune_trials"):
+        o.pop(volatile)
+    return {"model": str(Path(model_path).resolve()), "data": str(Path(data).resolve()), "options": o}
+
+
+class _SearchProgress:
+    def __init__(self, enabled, round_index, rounds):
+        self.enabled, self.bar, self.desc = enabled, None, f"search {round_index}/{rounds}"
+
+    def __call__(self, step, steps, temperature, energy, best):
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=steps, desc=self.desc, unit="candidate", initial=step - 1)
+        self.bar.set_postfix({"T": f"{temperature:.0f}", "E": f"{energy:.0f}", "best": f"{best:.0f}"}, refresh=False)
+        self.bar.update(1)
+        if step >= steps:
+            self.bar.close()
+
+
+def compile_model(model_path, data, out_dir, options: CompileOptions, log=print) -> CompileResult:
+    started = time.time()
+    if options.metric not in METRICS:
+        raise InputError(f"--metric must be one of {', '.join(METRICS)}")
+    if options.rounds < 1:
+        raise InputError("--rounds must be at least 1")
+    out_dir = Path(out_dir)
+    if not out_dir.parent.is_dir():
+        raise InputError(f"output folder's parent does not exist: {out_dir.parent}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output path exists and is not a folder: {out_dir}")
+    original = normalize(load_model(model_path))
+    analysis = analyze(original)
+    cost = CostModel(analysis)
+    reachable = max_reduction(analysis, options.metric, options.search)
+    if options.rate > reachable:
+        raise InputError(f"--rate {options.rate:g}x is out of reach for this graph: the most it can reach is "
+                         f"{reachable:.1f}x fewer {options.metric} (every prunable group at {options.search.max_rate:.0%})")
+    if not Path(data).exists():
+        raise InputError(f"dataset not found: {data}")
+    state_dir = out_dir / "state"
+    fingerprint = _fingerprint(model_path, data, options)
+    if options.resume:
+        saved = state_dir / "run.json"
+        if not saved.is_file():
+            raise InputError(f"nothing to resume in {out_dir} (no state/run.json)")
+        if json.loads(saved.read_text()) != json.loads(json.dumps(fingerprint)):
+            raise InputError("--resume: the model, data or options differ from the run being resumed")
+    else:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(state_dir / "run.json", json.dumps(fingerprint, indent=2))
+
+    total = cost.total(options.metric)
+    current = Path(model_path)
+    rounds = []
+    for k in range(1, options.rounds + 1):
+        round_dir = state_dir / f"round{k}"
+        round_dir.mkdir(exist_ok=True)
+        done = round_dir / "round.json"
+        if options.resume and done.is_file():
+            rounds.append(json.loads(done.read_text()))
+            current = round_dir / "model.onnx"
+            log(f"round {k}/{options.rounds}: done before, skipped")
+            continue
+        goal = total / options.rate ** (k / options.rounds)
+        record = _run_round(k, current, model_path, data, goal, options, round_dir, log)
+        atomic.write_text(done, json.dumps(record, indent=2, default=float))
+        rounds.append(record)
+        current = round_dir / "model.onnx"
+
+    final_path = out_dir / "model.onnx"
+    atomic.write_bytes(final_path, current.read_bytes())
+    final = load_model(final_path)
+    report = _report(model_path, original, final, rounds, options, started)
+    library = None
+    if options.target:
+        from acc.backends.compile import build
+
+        built = build(final_path, options.target, out_dir / "model.so", tune_trials=options.tune_trials, log=log)
+        library = built.library
+        report["library"] = {"path": str(library), "metadata": str(built.metadata), "target": built.target,
+                             "seconds": built.seconds}
+    from acc.report import write_report
+
+    write_report(out_dir, report)
+    return CompileResult(out_dir, final_path, report, library)
+
+
+def _run_round(k, current: Path, original_path, data, goal, options: CompileOptions, round_dir: Path, log) -> dict:
+    started = time.time()
+    model = normalize(load_model(current))
+    analysis = analyze(model)
+    cost = CostModel(analysis)
+    before = cost.total(options.metric)
+    log(f"round {k}/{options.rounds}: {options.metric} {before:,.0f} -> {goal:,.0f}")
+    config = TrainConfig(admm_epochs=max(1, options.budget_epochs // 2), admm_iters=4,
+                         finetune_epochs=max(1, options.budget_epochs - options.budget_epochs // 2),
+                         batch_size=options.batch_size, lr=options.lr, finetune_lr=options.lr, seed=options.seed + k)
+    prune_options = PruneOptions(rates=Rates(), train=config, labels=options.labels, limit=options.limit,
+                                 test_limit=options.test_limit, checkpoint=round_dir / "admm.ckpt",
+                                 resume=options.resume and (round_dir / "admm.ckpt").is_file(), progress=options.progress,
+                                 device=options.device, preprocess_model=original_path, teacher_model=original_path)
+    rates, search_trace = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir)
+    prune_options.rates = Rates(groups={name: float(r) for name, r in zip(cost.names, rates) if r > 0})
+    result = prune(current, data, prune_options)
+    atomic.write_bytes(round_dir / "model.onnx", result.model.SerializeToString())
+    r = result.report
+    return {
+        "round": k, "goal": goal, "metric": options.metric,
+        "rates": {name: float(x) for name, x in zip(cost.names, rates)},
+        "search": search_trace, "prune": r,
+        "params_after": r["params"]["after_dense"], "flops_after": r["flops"]["after"],
+        "accuracy_after": r["accuracy_after"], "seconds": time.time() - started,
+    }
+
+
+def _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir):
+    search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k})
+    input_shape = analysis.index.shape(analysis.index.input_names[0])
+    train, val, _, _ = load_training_data(data, current, prune_options, input_shape)
+    use_labels = train.labels is not None if options.labels is None else options.labels
+    teacher = None
+    if not use_labels:
+        teacher = TorchModel(normalize(load_model(prune_options.teacher_model))).module
+    bridge = TorchModel(model)
+    device = torch.device(options.device)
+    bridge.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    val_subset = val.subset(range(min(len(val), search_cfg.eval_images))).to(device)
+    calibration = train.subset(range(min(len(train), 128 * search_cfg.bn_batches))).to(device)
+    scorer = OneShotScorer(analysis, bridge, Objective(teacher, use_labels=use_labels), val_subset, calibration, search_cfg)
+    guidance = Guidance(analysis, cost, search_cfg)
+    annealer = Annealer(guidance, scorer, goal, options.metric, search_cfg, checkpoint=round_dir / "search.json",
+                        progress=_SearchProgress(options.progress, k, options.rounds))
+    if options.resume:
+        annealer.resume()
+    best = annealer.run()
+    trace = {"trace": annealer.state.trace, "best_energy": annealer.state.best_energy,
+             "evaluated": len(annealer.state.cache), "config": asdict(search_cfg)}
+    return best, trace
+
+
+def _report(model_path, original: onnx.ModelProto, final: onnx.ModelProto, rounds, options, started) -> dict:
+    c0, c1 = count(original), count(final)
+    first, last = rounds[0]["prune"], rounds[-1]["prune"]
+    a0, a1 = analyze(original), analyze(final)
+    widths_after = {g.name: g.width for g in a1.groups}
+    return {
+        "model": str(model_path),
+        "rate_requested": options.rate, "metric": options.metric, "rounds": len(rounds),
+        "accuracy_before": first["accuracy_before"], "accuracy_after": last["accuracy_after"],
+        "params": {"before": c0.params, "after_dense": c1.params, "after_nonzero": c1.nonzero_params,
+                   "reduction_dense": c0.params / max(c1.params, 1), "reduction_nonzero": c0.params / max(c1.nonzero_params, 1)},
+        "flops": {"before": c0.flops, "after": c1.flops, "reduction": c0.flops / max(c1.flops, 1)},
+        "widths": [{"group": g.name, "before": g.width, "after": widths_after.get(g.name)} for g in a0.groups],
+        "per_round": [{"round": r["round"], "goal": r["goal"], "params_after": r["params_after"],
+                       "flops_after": r["flops_after"], "accuracy_after": r["accuracy_after"], "rates": r["rates"],
+                       "seconds": r["seconds"]} for r in rounds],
+        "search": [r["search"] for r in rounds],
+        "rounds_detail": [r["prune"] for r in rounds],
+        "options": json.loads(json.dumps(asdict(options), default=str)),
+        "seconds": time.time() - started,
+    }

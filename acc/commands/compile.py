@@ -1,0 +1,49 @@
+"""acc compile MODEL.onnx --rate 30x --data DATA -o OUTDIR: the whole AutoCompress pipeline."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compile",
+        help="search, ADMM-prune, purify and rewrite to a target rate (and build with TVM)",
+        description="Reach --rate fewer parameters (or FLOPs) in a few rounds: each round searches the per-layer "
+        "rates by simulated annealing, prunes with ADMM, purifies, fine-tunes and rewrites a smaller, verified graph.",
+    )
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--rate", required=True, help="reduction: 30x, 30, or 96.7%% (removed)")
+    p.add_argument("--data", required=True, help="training data (packed folder/.npz, image folder, or arrays)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for model.onnx, report.json, report.md, plots")
+    p.add_argument("--metric", choices=["params", "flops"], default="params", help="what --rate counts (default params)")
+    p.add_argument("--rounds", type=int, default=3, help="progressive rounds (default 3)")
+    p.add_argument("--budget-epochs", type=int, default=4, help="training epochs per round, half ADMM half fine-tuning (default 4)")
+    p.add_argument("--search-steps", type=int, default=None, help="annealing steps per round (default: 100 -> 20 at x0.9, 16 steps)")
+    p.add_argument("--eval-images", type=int, default=512, help="validation images that score a search candidate")
+    p.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of this many images")
+    p.add_argument("--test-limit", type=int, default=None, help="score the test split on this many images")
+    p.add_argument("--target", default=None, help="also build a TVM library for this target (host, arm64, rpi4, pixel, ...)")
+    p.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials per task for --target")
+    sup = p.add_mutually_exclusive_group()
+    sup.add_argument("--labels", dest="labels", action="store_true", default=None, help="train on labels (default when present)")
+    sup.add_argument("--distill", dest="labels", action="store_false", help="learn the original model's outputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in OUTDIR")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from acc import api
+    from acc.report import summary_table
+
+    result = api.compile(
+        args.model, rate=args.rate, data=args.data, output=args.output, metric=args.metric, rounds=args.rounds,
+        budget_epochs=args.budget_epochs, search_steps=args.search_steps, eval_images=args.eval_images,
+        limit=args.limit, test_limit=args.test_limit, target=args.target, tune_trials=args.tune_trials,
+        labels=args.labels, seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress,
+    )
+    print(summary_table(result.report))
+    print(f"wrote {result.model_path}, {result.out_dir / 'report.json'}, {result.out_dir / 'report.md'}"
+          + (f", {result.library}" if result.library else ""))
+    return 0

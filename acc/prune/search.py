@@ -1,0 +1,266 @@
+"""Automatic per-layer rates: simulated annealing with experience-based guidance (AutoCompress part 4).
+
+- State: one filter-pruning rate per prunable channel group.
+- Guidance (experience): a group that holds more parameters never gets a lower rate than a smaller
+  one (rates are sorted onto groups by size), groups that the first conv writes or the classifier
+  reads stay mild (rate capped), and every candidate is rescaled to meet the round's target exactly.
+- Energy: validation loss of a cheap evaluation, scaled by `energy_scale`: one-shot L1 channel
+  pruning to the candidate's structure, BatchNorm statistics re-estimated on a few batches, loss on
+  a fixed validation subset. Never an ADMM run per candidate. Scores are cached by structure.
+- Annealing: temperature from t_start down to t_end, times `cooling` per step; perturbation size
+  proportional to the temperature; a worse candidate is accepted with probability exp(-dE / T).
+- The search state (current, best, temperature, trace, random generator) is checkpointed after
+  every step as JSON; a resumed search continues from the step it had reached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from acc import atomic
+from acc.errors import InputError
+from acc.passes.analysis import Analysis
+from acc.passes.summary import group_holdings
+from acc.prune.constraints import ConstraintSet, GroupConstraint
+from acc.prune.cost import CostModel, kept_channels
+from acc.prune.objective import evaluate
+
+
+@dataclass
+class SearchConfig:
+    t_start: float = 100.0
+    t_end: float = 20.0
+    cooling: float = 0.9
+    moves_per_temperature: int = 1
+    energy_scale: float = 1000.0  # energy = validation loss x this (T is in the same units)
+    perturbation: float = 0.15  # rate noise (std) at t_start; scales with T / t_start
+    max_rate: float = 0.95
+    mild_rate: float = 0.5  # cap for groups the first conv writes or the classifier reads
+    eval_images: int = 512
+    bn_batches: int = 4
+    seed: int = 0
+
+
+@dataclass
+class SearchState:
+    step: int = 0
+    temperature: float = 0.0
+    current: list = field(default_factory=list)
+    current_energy: float = float("inf")
+    best: list = field(default_factory=list)
+    best_energy: float = float("inf")
+    trace: list = field(default_factory=list)
+    rng: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+    done: bool = False
+
+
+class Guidance:
+    """Experience-based constraints on the rates, and rescaling onto a target."""
+
+    def __init__(self, analysis: Analysis, cost: CostModel, config: SearchConfig):
+        self.cost = cost
+        self.config = config
+        held = group_holdings(analysis)
+        self.size_order = sorted(range(len(cost.names)), key=lambda i: (held[cost.names[i]][0], cost.names[i]))
+        self.mild = np.array([name in mild_groups(analysis) for name in cost.names])
+
+    def order(self, rates: np.ndarray) -> np.ndarray:
+        """Same multiset of rates, non-decreasing with the parameters a group holds."""
+        out = np.empty_like(rates)
+        out[self.size_order] = np.sort(rates)
+        return out
+
+    def caps(self) -> np.ndarray:
+        return np.where(self.mild, self.config.mild_rate, self.config.max_rate)
+
+    def rescale(self, rates: np.ndarray, target: float, metric: str) -> np.ndarray:
+        """Scale the rates so the model's `metric` after pruning is `target` (bisection on the scale)."""
+        rates = self.order(np.clip(rates, 0.0, None))
+        caps = self.caps()
+        for _ in range(8):
+            positive = rates[rates > 0]
+            hi = float(caps.max() / max(positive.min() if len(positive) else 1.0, 1e-3))
+            if len(positive) and self.cost.measure(np.minimum(rates * hi, caps), metric) <= target:
+                break
+            rates = 0.5 * rates + 0.5 * max(rates.mean(), 0.1)  # too uneven to reach: flatten, retry
+        else:
+            raise InputError(f"the target is out of reach of the searchable structure (rates capped at {self.config.max_rate})")
+
+        def measured(scale):
+            return self.cost.measure(np.minimum(rates * scale, caps), metric)
+
+        lo = 0.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            if measured(mid) > target:
+                lo = mid
+            else:
+                hi = mid
+        return np.minimum(rates * hi, caps)
+
+
+def mild_groups(analysis: Analysis) -> set[str]:
+    """Groups written by a layer that reads a graph input, or read by the layer producing an output."""
+    inputs = set(analysis.index.input_names)
+    outputs = set(analysis.index.output_names)
+    first = {n.name for n in analysis.model.graph.node if n.input and n.input[0] in inputs}
+    last = set()
+    for node in analysis.model.graph.node:
+        if node.op_type in ("Gemm", "MatMul", "Conv") and any(o in outputs for o in node.output):
+            last.add(node.name)
+    names = set()
+    for g in analysis.prunable_groups:
+        member_nodes = {analysis.members[mi].node for mi in g.members}
+        if set(g.producers) & first or member_nodes & last:
+            names.add(g.name)
+    return names
+
+
+def max_reduction(analysis: Analysis, metric: str, config: SearchConfig | None = None) -> float:
+    """The largest reduction the searchable structure reaches (every group at its cap)."""
+    config = config or SearchConfig()
+    cost = CostModel(analysis)
+    guidance = Guidance(analysis, cost, config)
+    return cost.total(metric) / cost.measure(guidance.caps(), metric)
+
+
+class OneShotScorer:
+    """Energy of a candidate: one-shot L1 pruning, BN re-estimation, validation loss."""
+
+    def __init__(self, analysis: Analysis, bridge, objective, val, calibration, config: SearchConfig):
+        self.analysis = analysis
+        self.bridge = bridge
+        self.objective = objective
+        self.val = val
+        self.calibration = calibration
+        self.config = config
+        self.cost = CostModel(analysis)
+        self.original = {k: v.detach().clone() for k, v in bridge.module.state_dict().items()}
+
+    def keep_counts(self, rates: np.ndarray) -> tuple:
+        return tuple(kept_channels(w, p, r) for w, p, r in zip(self.cost.widths, self.cost.prunable, rates))
+
+    @torch.no_grad()
+    def energy(self, rates: np.ndarray) -> float:
+        module = self.bridge.module
+        module.load_state_dict(self.original)
+        groups = [GroupConstraint(self.analysis, self.bridge, name, k, "l1")
+                  for name, k, w in zip(self.cost.names, self.keep_counts(rates), self.cost.widths) if k < w]
+        constraints = ConstraintSet(groups, [])
+        tensors = self.bridge.tensors
+        masks = constraints.hard_masks({n: tensors[n] for n in constraints.constrained_names}, tensors)
+        for name, mask in masks.items():
+            tensors[name].mul_(mask.to(tensors[name].dtype))
+        self._recalibrate_bn(module)
+        loss = evaluate(module, self.val, self.objective)["loss"]
+        module.load_state_dict(self.original)
+        return float(loss) * self.config.energy_scale
+
+    def _recalibrate_bn(self, module) -> None:
+        bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not bns or self.calibration is None:
+            return
+        saved = [(m.momentum, m.training) for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        module.train()
+        for x, _ in self.calibration.batches(128):
+            module(x)
+        module.eval()
+        for m, (momentum, _) in zip(bns, saved):
+            m.momentum = momentum
+
+
+class Annealer:
+    def __init__(self, guidance: Guidance, scorer, target: float, metric: str, config: SearchConfig,
+                 checkpoint: str | os.PathLike | None = None, progress=None):
+        self.guidance = guidance
+        self.scorer = scorer
+        self.target = target
+        self.metric = metric
+        self.config = config
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.progress = progress or (lambda **kw: None)
+        self.rng = np.random.default_rng(config.seed)
+        self.state = SearchState(temperature=config.t_start)
+
+    def resume(self) -> bool:
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            return False
+        data = json.loads(self.checkpoint.read_text())
+        self.state = SearchState(**data)
+        self.rng.bit_generator.state = self.state.rng
+        return True
+
+    def save(self) -> None:
+        self.state.rng = self.rng.bit_generator.state
+        if self.checkpoint is not None:
+            atomic.write_text(self.checkpoint, json.dumps(asdict(self.state), default=_json_default))
+
+    def score(self, rates: np.ndarray) -> float:
+        key = ",".join(map(str, self.scorer.keep_counts(rates)))
+        if key not in self.state.cache:
+            self.state.cache[key] = self.scorer.energy(rates)
+        return self.state.cache[key]
+
+    def steps_total(self) -> int:
+        c = self.config
+        return max(1, math.ceil(math.log(c.t_end / c.t_start) / math.log(c.cooling))) * c.moves_per_temperature
+
+    def propose(self, rates: np.ndarray) -> np.ndarray:
+        sigma = self.config.perturbation * self.state.temperature / self.config.t_start
+        noisy = np.clip(rates + self.rng.normal(0.0, sigma, size=rates.shape), 0.0, self.config.max_rate)
+        return self.guidance.rescale(noisy, self.target, self.metric)
+
+    def accept(self, delta: float) -> bool:
+        if delta <= 0:
+            return True
+        return bool(self.rng.random() < math.exp(-delta / max(self.state.temperature, 1e-9)))
+
+    def run(self) -> np.ndarray:
+        st, c = self.state, self.config
+        if not st.current:
+            start = self.guidance.rescale(np.full(len(self.guidance.cost.names), 0.5), self.target, self.metric)
+            st.current, st.current_energy = start.tolist(), self.score(start)
+            st.best, st.best_energy = list(st.current), st.current_energy
+            st.trace.append({"step": 0, "temperature": st.temperature, "energy": st.current_energy,
+                             "candidate_energy": st.current_energy, "accepted": True, "best_energy": st.best_energy})
+            self.save()
+        total = self.steps_total()
+        while not st.done and st.temperature > c.t_end:
+            for _ in range(c.moves_per_temperature):
+                candidate = self.propose(np.array(st.current))
+                energy = self.score(candidate)
+                accepted = self.accept(energy - st.current_energy)
+                if accepted:
+                    st.current, st.current_energy = candidate.tolist(), energy
+                if energy < st.best_energy:
+                    st.best, st.best_energy = candidate.tolist(), energy
+                st.step += 1
+                st.trace.append({"step": st.step, "temperature": st.temperature, "energy": st.current_energy,
+                                 "candidate_energy": energy, "accepted": accepted, "best_energy": st.best_energy})
+                self.progress(step=st.step, steps=total, temperature=st.temperature, energy=energy, best=st.best_energy)
+            st.temperature *= c.cooling
+            self.save()
+        st.done = True
+        self.save()
+        return np.array(st.best)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj))

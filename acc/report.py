@@ -1,0 +1,121 @@
+"""The compile report: report.json (everything measured), report.md (for a person) and its plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from acc import atomic
+from acc.format import human, ratio, table
+
+
+def _acc(score) -> str:
+    if not score:
+        return "-"
+    return f"{100 * score['accuracy']:.2f}%" if "accuracy" in score else f"loss {score['loss']:.4f}"
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    b, a = report["accuracy_before"], report["accuracy_after"]
+    p, f = report["params"], report["flops"]
+    return [
+        ["accuracy (validation)", _acc(b.get("val")), _acc(a.get("val")), ""],
+        ["accuracy (test)", _acc(b.get("test")), _acc(a.get("test")), ""],
+        ["parameters (dense)", human(p["before"]), human(p["after_dense"]), ratio(p["before"], p["after_dense"])],
+        ["parameters (non-zero)", human(p["before"]), human(p["after_nonzero"]), ratio(p["before"], p["after_nonzero"])],
+        ["FLOPs (MACs)", human(f["before"]), human(f["after"]), ratio(f["before"], f["after"])],
+    ]
+
+
+def summary_table(report: dict) -> str:
+    return table(["", "before", "after", "reduction"], summary_rows(report), {1, 2, 3})
+
+
+def _plots(out_dir: Path, report: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    widths = [w for w in report["widths"] if w["after"] is not None]
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(widths)), 4))
+    xs = range(len(widths))
+    ax.bar(xs, [w["before"] for w in widths], color="#c8d3e0", label="before")
+    ax.bar(xs, [w["after"] for w in widths], color="#2d6fb3", label="after")
+    ax.set_xticks(list(xs), [w["group"].strip("/").split("/")[0][:18] for w in widths], rotation=75, fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title("Channel-group widths")
+    ax.legend()
+    fig.tight_layout()
+    made.append(_save(fig, out_dir / "widths.png"))
+
+    rounds = report["per_round"]
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ks = [0] + [r["round"] for r in rounds]
+    ax1.plot(ks, [report["params"]["before"]] + [r["params_after"] for r in rounds], "o-", color="#2d6fb3", label="parameters")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("parameters")
+    accs = [report["accuracy_before"].get("test") or report["accuracy_before"].get("val")]
+    accs += [r["accuracy_after"].get("test") or r["accuracy_after"].get("val") for r in rounds]
+    if all(a and "accuracy" in a for a in accs):
+        ax2 = ax1.twinx()
+        ax2.plot(ks, [100 * a["accuracy"] for a in accs], "s--", color="#c0392b", label="accuracy")
+        ax2.set_ylabel("accuracy (%)")
+    ax1.set_title("Size and accuracy per round")
+    fig.tight_layout()
+    made.append(_save(fig, out_dir / "rounds.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    offset = 0
+    for i, s in enumerate(report["search"], start=1):
+        steps = [offset + t["step"] for t in s["trace"]]
+        ax.plot(steps, [t["candidate_energy"] for t in s["trace"]], ".", alpha=0.5, label=f"round {i} candidates")
+        ax.plot(steps, [t["energy"] for t in s["trace"]], "-", label=f"round {i} current")
+        offset = steps[-1] + 1 if steps else offset
+    ax.set_xlabel("search step")
+    ax.set_ylabel("energy (validation loss x scale)")
+    ax.set_title("Simulated annealing")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    made.append(_save(fig, out_dir / "search.png"))
+    return made
+
+
+def _save(fig, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path.name
+
+
+def markdown(report: dict, plots: list[str]) -> str:
+    lines = [f"# acc compile report", "", f"Model: `{report['model']}`  ",
+             f"Requested: {report['rate_requested']:g}x fewer {report['metric']} in {report['rounds']} rounds; "
+             f"{report['seconds']:.0f} s in all.", "", summary_table(report), ""]
+    lines += ["## Rounds", ""]
+    lines.append(table(["round", "goal", "parameters", "FLOPs", "accuracy", "seconds"],
+                       [[r["round"], human(r["goal"]), human(r["params_after"]), human(r["flops_after"]),
+                         _acc(r["accuracy_after"].get("test") or r["accuracy_after"].get("val")), f"{r['seconds']:.0f}"]
+                        for r in report["per_round"]], {1, 2, 3, 4, 5}))
+    lines += ["", "## Channel groups", ""]
+    lines.append(table(["group", "before", "after"], [[w["group"], w["before"], w["after"] if w["after"] is not None else "-"]
+                                                      for w in report["widths"]], {1, 2}))
+    lines += ["", "## Rates chosen by the search (per round)", ""]
+    for r in report["per_round"]:
+        shown = ", ".join(f"{k}: {v:.2f}" for k, v in r["rates"].items())
+        lines.append(f"- round {r['round']}: {shown}")
+    if "library" in report:
+        lines += ["", f"TVM library: `{report['library']['path']}` (target {report['library']['target']})"]
+    lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, report: dict) -> None:
+    plots = _plots(out_dir, report)
+    report["plots"] = plots
+    atomic.write_text(out_dir / "report.json", json.dumps(report, indent=2, default=float))
+    atomic.write_text(out_dir / "report.md", markdown(report, plots))

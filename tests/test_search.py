@@ -1,0 +1,133 @@
+"""The automatic search and `acc compile`: guidance, rescaling, annealing, end to end, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from acc import api
+from acc.autocompress import parse_rate
+from acc.cli import main
+from acc.errors import InputError
+from acc.passes.analysis import analyze
+from acc.passes.importer import import_model
+from acc.passes.summary import group_holdings
+from acc.prune.cost import CostModel
+from acc.prune.search import Annealer, Guidance, SearchConfig, max_reduction, mild_groups
+
+from test_prune import tiny  # noqa: F401 - the tiny CNN fixture
+
+DEMO = Path(__file__).resolve().parent.parent / "models" / "data" / "cifar10_demo"
+TINY_COMPILE = dict(rounds=2, budget_epochs=2, search_steps=3, eval_images=64, limit=160, test_limit=100, progress=False)
+
+
+@pytest.fixture(scope="module")
+def resnet(model_path):
+    analysis = analyze(import_model(model_path("resnet20")))
+    return analysis, CostModel(analysis)
+
+
+@pytest.mark.parametrize("target", [2.0, 5.0, 12.0])
+@pytest.mark.parametrize("metric", ["params", "flops"])
+def test_rescaling_meets_the_target(resnet, target, metric):
+    analysis, cost = resnet
+    guidance = Guidance(analysis, cost, SearchConfig())
+    rng = np.random.default_rng(0)
+    goal = cost.total(metric) / target
+    for _ in range(3):
+        rates = guidance.rescale(rng.uniform(0.1, 0.9, len(cost.names)), goal, metric)
+        assert cost.measure(rates, metric) == pytest.approx(goal, rel=0.02)
+
+
+def test_guidance_is_monotone_in_layer_size(resnet):
+    analysis, cost = resnet
+    guidance = Guidance(analysis, cost, SearchConfig(mild_rate=0.95))
+    held = group_holdings(analysis)
+    rates = guidance.order(np.random.default_rng(1).uniform(0, 0.9, len(cost.names)))
+    sizes = [held[n][0] for n in cost.names]
+    for i in range(len(rates)):
+        for j in range(len(rates)):
+            if sizes[i] > sizes[j]:
+                assert rates[i] >= rates[j]
+
+
+def test_first_conv_and_classifier_groups_stay_mild(resnet):
+    analysis, cost = resnet
+    mild = mild_groups(analysis)
+    assert analysis.prunable_groups[0].name in mild  # the stem writes the first stage's group
+    guidance = Guidance(analysis, cost, SearchConfig(mild_rate=0.3))
+    rates = guidance.rescale(np.full(len(cost.names), 0.8), cost.total("params") / 4, "params")
+    for name, r in zip(cost.names, rates):
+        if name in mild:
+            assert r <= 0.3 + 1e-9
+
+
+def test_annealing_accepts_worse_moves_hot_and_not_cold():
+    class Dummy:
+        pass
+
+    annealer = Annealer(Dummy(), Dummy(), 1.0, "params", SearchConfig(seed=3))
+    annealer.state.temperature = 100.0
+    hot = sum(annealer.accept(10.0) for _ in range(2000)) / 2000
+    annealer.state.temperature = 0.5
+    cold = sum(annealer.accept(10.0) for _ in range(2000)) / 2000
+    assert abs(hot - math.exp(-0.1)) < 0.03 and cold == 0.0
+    assert annealer.accept(-1.0)
+
+
+@pytest.mark.parametrize("text, value", [("30x", 30.0), ("30", 30.0), ("2.5X", 2.5), ("96%", 25.0), ("50%", 2.0)])
+def test_rate_parsing(text, value):
+    assert parse_rate(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["1x", "0.5", "abc", "100%", "-3x", "30y", ""])
+def test_bad_rates_are_errors(text):
+    with pytest.raises(InputError, match="--rate"):
+        parse_rate(text)
+
+
+def test_compile_end_to_end_writes_everything(tiny, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    result = api.compile(tiny, "2x", DEMO, out, **TINY_COMPILE)
+    for name in ("model.onnx", "report.json", "report.md", "widths.png", "rounds.png", "search.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["reduction_dense"] >= 1.9
+    assert len(report["per_round"]) == 2 and len(report["search"][0]["trace"]) >= 3
+    assert report["accuracy_after"]["test"]["accuracy"] >= 0
+    assert "| parameters (dense)" in (out / "report.md").read_text()
+
+
+def test_resume_continues_a_killed_compile(tiny, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    messages = []
+
+    def kill_in_round_two(message):
+        messages.append(message)
+        if message.startswith("round 2/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.compile(tiny, "2x", DEMO, out, log=kill_in_round_two, **TINY_COMPILE)
+    assert (out / "state" / "round1" / "round.json").is_file() and not (out / "model.onnx").exists()
+    messages.clear()
+    api.compile(tiny, "2x", DEMO, out, resume=True, log=messages.append, **TINY_COMPILE)
+    assert messages[0] == "round 1/2: done before, skipped"
+    assert (out / "model.onnx").is_file()
+
+
+def test_impossible_target_names_the_most_reachable(tiny, tmp_path, capsys):  # noqa: F811
+    reachable = max_reduction(analyze(import_model(tiny)), "params")
+    code = main(["compile", str(tiny), "--rate", "1000x", "--data", str(DEMO), "-o", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the most it can reach is {reachable:.1f}x" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_rate_on_the_command_line(tiny, tmp_path, capsys):  # noqa: F811
+    code = main(["compile", str(tiny), "--rate", "0.5x", "--data", str(DEMO), "-o", str(tmp_path / "o")])
+    assert code == 2 and "--rate must be more than 1x" in capsys.readouterr().err
