@@ -13,14 +13,12 @@ the TVM library of the final model too.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 

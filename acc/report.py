@@ -93,7 +93,7 @@ def _save(fig, path: Path) -> str:
 
 
 def markdown(report: dict, plots: list[str]) -> str:
-    lines = [f"# acc compile report", "", f"Model: `{report['model']}`  ",
+    lines = ["# acc compile report", "", f"Model: `{report['model']}`  ",
              f"Requested: {report['rate_requested']:g}x fewer {report['metric']} in {report['rounds']} rounds; "
              f"{report['seconds']:.0f} s in all.", "", summary_table(report), ""]
     lines += ["## Rounds", ""]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import graph_zoo
 from acc.passes.analysis import analyze
 from acc.passes.counting import count
 from acc.passes.importer import import_model

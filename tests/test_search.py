@@ -92,7 +92,7 @@ def test_bad_rates_are_errors(text):
 
 def test_compile_end_to_end_writes_everything(tiny, tmp_path):  # noqa: F811
     out = tmp_path / "out"
-    result = api.compile(tiny, "2x", DEMO, out, **TINY_COMPILE)
+    api.compile(tiny, "2x", DEMO, out, **TINY_COMPILE)
     for name in ("model.onnx", "report.json", "report.md", "widths.png", "rounds.png", "search.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())

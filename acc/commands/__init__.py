@@ -9,4 +9,5 @@ COMMAND_MODULES = [
     "build",
     "bench",
     "device",
+    "demo",
 ]

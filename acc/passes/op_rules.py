@@ -24,7 +24,6 @@ from acc.passes.channels import (
     ShapeFix,
     TensorChannels,
 )
-from acc.passes.graph_index import attrs_of
 
 RULES: dict = {}
 

@@ -1,0 +1,40 @@
+"""acc demo: compile the shipped ResNet-20 with the shipped CIFAR-10 sample, then print the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "resnet20.onnx"
+DATA = ROOT / "models" / "data" / "cifar10_demo"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run acc compile on the shipped ResNet-20 and CIFAR-10 sample (a few minutes)")
+    p.add_argument("-o", "--output", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--rate", default="3x", help="reduction to reach (default 3x)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from acc import api
+    from acc.errors import InputError
+    from acc.report import summary_table
+
+    if not MODEL.is_file() or not (DATA / "train.jpeg.npz").is_file():
+        raise InputError(f"the demo needs {MODEL} and {DATA}/train.jpeg.npz (run from a full checkout)")
+    print(f"acc demo: {MODEL.name} ({DATA.name}: 2,000 training and 1,000 test images), --rate {args.rate}")
+    print(f"  = acc compile {MODEL.relative_to(ROOT)} --rate {args.rate} --data {DATA.relative_to(ROOT)} "
+          f"-o {args.output} --rounds 3 --budget-epochs 4 --search-steps 8 --eval-images 256")
+    result = api.compile(MODEL, args.rate, DATA, args.output, rounds=3, budget_epochs=4, search_steps=8,
+                         eval_images=256, progress=not args.no_progress)
+    r = result.report
+    print()
+    print(summary_table(r))
+    print()
+    print("per round: " + "; ".join(
+        f"{x['round']}: {x['params_after']:,} params" for x in r["per_round"]))
+    print(f"outputs: {result.model_path} (verified in onnxruntime), {result.out_dir / 'report.md'}, "
+          f"{result.out_dir / 'report.json'}, plots {', '.join(r.get('plots', []))}")
+    return 0
