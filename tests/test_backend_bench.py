@@ -57,6 +57,9 @@ def test_bench_errors_are_one_line(models, tmp_path, capsys):
     assert "--rpc" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "nothing.so")]) == 2
     assert "no such file" in capsys.readouterr().err
+    arm = compile_mod.build(wide, "arm64", tmp_path / "arm.so", log=lambda m: None).library
+    assert main(["bench", str(arm)]) == 2
+    assert "built for 'arm64'" in capsys.readouterr().err
     (tmp_path / "bare.so").write_bytes(b"")
     assert main(["bench", str(tmp_path / "bare.so")]) == 2
     assert "no metadata" in capsys.readouterr().err

@@ -132,3 +132,13 @@ def test_bad_inputs_are_one_line(tiny, tmp_path, capsys):
     assert "names no input" in err
     err = one_line_error(capsys, ["build", str(tiny), "-o", str(tmp_path / "no" / "dir" / "m.so")])
     assert "output folder does not exist" in err
+
+
+def test_backends_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, acc.backends.compile, acc.backends.bench, acc.backends.tune, acc.backends.rpc, "
+            "acc.backends.emulated_arm64, acc.commands.build, acc.commands.bench, acc.commands.device; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "acc.backends imported torch"

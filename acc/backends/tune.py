@@ -124,7 +124,13 @@ def tune(
     import logging
 
     # MetaSchedule prints every task table to stdout; the per-task logs in work_dir keep them.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.WARNING)
+    # MetaSchedule rebuilds its logging config from the handlers' names on every run and fails
+    # on an unnamed one (left by an earlier run under pytest): drop those.
+    for handler in list(ms_logger.handlers):
+        if handler.get_name() is None:
+            ms_logger.removeHandler(handler)
     target = spec.tvm_target()
     folder = db_dir(db_root, spec)
     folder.mkdir(parents=True, exist_ok=True)
