@@ -159,3 +159,17 @@ def compile(  # noqa: A001 - the verb users know
                              batch_size=batch_size, lr=lr, device=device, progress=progress, search=search,
                              target=target, tune_trials=tune_trials)
     return compile_model(model, data, output, options, log=log)
+
+
+def build(model: str | os.PathLike, target: str | None = "host", output: str | os.PathLike | None = None, **options):
+    """`acc build`: compile with TVM into one shared library (+ JSON). Returns a BuildResult."""
+    from acc.backends.compile import build as _build
+
+    return _build(model, target, output, **options)
+
+
+def bench(model: str | os.PathLike, **options):
+    """`acc bench`: check against onnxruntime, then time (host or TVM RPC). Returns a BenchResult."""
+    from acc.backends.bench import bench as _bench
+
+    return _bench(model, **options)
