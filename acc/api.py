@@ -60,7 +60,7 @@ def prune(
     finetune_epochs: int | None = None,
     lr: float = 0.01,
     finetune_lr: float | None = None,
-    rho: float = 1e-2,
+    rho: float | str | None = 1e-2,
     rho_mult: float = 2.0,
     batch_size: int = 128,
     limit: int | None = None,
@@ -91,6 +91,14 @@ def prune(
         checkpoint = f"{output}.ckpt"
     if resume and checkpoint is None:
         raise InputError("--resume needs a checkpoint (or an output path to derive it from)")
+    if isinstance(rho, str):
+        if rho != "auto":
+            try:
+                rho = float(rho)
+            except ValueError:
+                raise InputError(f"--rho takes a number or 'auto', got '{rho}'") from None
+        else:
+            rho = None
     config = TrainConfig(
         admm_epochs=epochs, admm_iters=admm_iters, finetune_epochs=epochs if finetune_epochs is None else finetune_epochs,
         batch_size=batch_size, lr=lr, finetune_lr=lr if finetune_lr is None else finetune_lr, rho=rho,

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from acc import __version__  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402
 from acc.backends import bench as bench_mod  # noqa: E402
 from acc.backends import emulated_arm64  # noqa: E402
 
@@ -50,32 +50,6 @@ def side_by_side(res: bench_mod.BenchResult, engine: str) -> dict:
     speedup = res.tvm_speedup if engine == "tvm" else res.onnxruntime_speedup
     return {"original_ms": a.median_ms, "shrunk_ms": b.median_ms, "original_p10_p90": [a.p10_ms, a.p90_ms],
             "shrunk_p10_p90": [b.p10_ms, b.p90_ms], "speedup": speedup, "rounds": a.rounds}
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": None, "python": platform.python_version()}
-
-
-def versions() -> dict:
-    import onnxruntime
-    import tvm
-
-    out = {"acc": __version__, "onnxruntime": onnxruntime.__version__, "tvm": tvm.__version__}
-    try:
-        import torch
-
-        out["torch"] = torch.__version__
-    except ImportError:
-        out["torch"] = None
-    return out
 
 
 def fmt(cell: dict | None) -> str:
@@ -151,8 +125,8 @@ def main(argv=None) -> int:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"question": QUESTION, "table": table, "rows": rows, "budget": budget, "machine": machine(),
-              "versions": versions()}
+    result = {"question": QUESTION, "table": table, "rows": rows, "budget": budget, "machine": record.machine(),
+              "versions": record.versions()}
     (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

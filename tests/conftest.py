@@ -7,36 +7,33 @@ import pytest
 import graph_zoo
 
 
-@pytest.fixture(scope="session")
-def zoo_path(tmp_path_factory):
+def _session_cache(folder, export):
+    """get(name, dynamo=False) -> path of `export(name, path, dynamo)`, made once per session."""
     cache = {}
-    folder = tmp_path_factory.mktemp("zoo")
 
     def get(name: str, dynamo: bool = False):
         key = (name, dynamo)
         if key not in cache:
             sub = folder / f"{name}_{'dynamo' if dynamo else 'legacy'}"
             sub.mkdir()
-            cache[key] = graph_zoo.export(name, sub / "model.onnx", dynamo=dynamo)
+            cache[key] = export(name, sub / "model.onnx", dynamo)
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def zoo_path(tmp_path_factory):
+    """Graphs of tests/graph_zoo.py: zoo_path('residual', dynamo=False)."""
+    return _session_cache(tmp_path_factory.mktemp("zoo"), lambda name, path, dynamo: graph_zoo.export(name, path, dynamo=dynamo))
 
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
     """Models of models/ exported once: model_path('resnet20', dynamo=False)."""
-    from models.export import export_onnx, build, randomize_batchnorm
+    from models.export import build, export_onnx, randomize_batchnorm
 
-    cache = {}
-    folder = tmp_path_factory.mktemp("models")
-
-    def get(name: str, dynamo: bool = False):
-        key = (name, dynamo)
-        if key not in cache:
-            sub = folder / f"{name}_{'dynamo' if dynamo else 'legacy'}"
-            sub.mkdir()
-            cache[key] = export_onnx(randomize_batchnorm(build(name)), sub / "model.onnx", dynamo=dynamo)
-        return cache[key]
-
-    return get
+    return _session_cache(
+        tmp_path_factory.mktemp("models"),
+        lambda name, path, dynamo: export_onnx(randomize_batchnorm(build(name)), path, dynamo=dynamo),
+    )

@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help="masked fine-tuning epochs (default: --epochs)")
     p.add_argument("--lr", type=float, default=0.01, help="ADMM learning rate (default 0.01)")
     p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning learning rate (default: --lr)")
-    p.add_argument("--rho", type=float, default=1e-2, help="initial ADMM penalty (default 1e-2)")
+    p.add_argument("--rho", default="0.01", help="initial ADMM penalty, or 'auto' to scale it to the number of ADMM steps (default 0.01)")
     p.add_argument("--rho-mult", type=float, default=2.0, help="rho multiplier per Z/U update (default 2)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of this many images")

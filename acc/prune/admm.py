@@ -6,6 +6,14 @@
     U-step: U = U + W - Z
     rho grows after every Z/U update (times rho_mult, capped at rho_max).
 
+rho's scale depends on how many W-steps there are: with learning rate lr and momentum m, one step
+moves a weight by about lr / (1 - m) * rho * (W - Z + U), so over the ADMM phase the penalty's
+total pull is sum_k rho_k * steps_k * lr / (1 - m). `rho=None` (the default) picks rho_0 so that
+this pull is PULL (about e^-4 of a removed weight left if the loss did not resist): short runs get
+a strong rho, long runs a gentle one (the paper's 1e-4..1e-3 at hundreds of epochs). Measured on
+ResNet-20 with 1,800 images and 2 ADMM epochs, that strong rho hurt accuracy more than it helped
+(the loss cannot follow a penalty that dominates it), so the default stays a fixed 1e-2.
+
 The run is a resumable state machine: a checkpoint after every epoch holds the weights, the
 optimizer, Z, U, rho, masks and where the run stands; each epoch's data order and augmentation are
 seeded by (seed, epoch), so a resumed run computes what an uninterrupted one does.
@@ -24,6 +32,9 @@ from acc.prune.constraints import ConstraintSet
 from acc.prune.objective import Objective, evaluate, first_output
 
 
+PULL = 4.0
+
+
 @dataclass
 class TrainConfig:
     admm_epochs: int = 4
@@ -34,9 +45,9 @@ class TrainConfig:
     finetune_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    rho: float = 1e-2
+    rho: float | None = 1e-2  # None: scaled to the step budget (see the module docstring)
     rho_mult: float = 2.0
-    rho_max: float = 1.0
+    rho_max: float = 10.0
     seed: int = 0
 
 
@@ -64,7 +75,7 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.progress = progress or (lambda **kw: None)
         self.after_finetune = after_finetune  # near-zero purification; returns a record for the history
-        self.state = RunState(rho=config.rho)
+        self.state = RunState(rho=config.rho if config.rho is not None else 0.0)
         self.Z: dict[str, torch.Tensor] = {}
         self.U: dict[str, torch.Tensor] = {}
         self.masks: dict[str, torch.Tensor] = {}
@@ -125,6 +136,8 @@ class Trainer:
                 den = sum(float(w[n].detach().pow(2).sum()) for n in self.Z) or 1.0
                 self.distances.append(math.sqrt(sum(float((w[n].detach() - self.Z[n]).pow(2).sum()) for n in self.Z) / den))
                 self.optimizer = self._make_optimizer(self.cfg.lr)
+                if self.cfg.rho is None:
+                    self.state.rho = self.auto_rho()
             while self.state.epoch < self.cfg.admm_epochs:
                 self._epoch(self.cfg.lr, self.cfg.admm_epochs, admm=True)
         if self.state.phase == "admm":
@@ -141,6 +154,14 @@ class Trainer:
         self.state.phase = "done"
         self.save()
         return self.state
+
+    def auto_rho(self) -> float:
+        """rho_0 whose geometric schedule over the ADMM phase pulls removed weights by about PULL."""
+        cfg = self.cfg
+        steps = self._steps_per_epoch() * cfg.admm_epochs
+        k = max(cfg.admm_iters, 1)
+        growth = sum(cfg.rho_mult**i for i in range(k)) / k  # mean multiplier over the updates
+        return min(PULL * (1 - cfg.momentum) / (cfg.lr * steps * growth), cfg.rho_max)
 
     def hard_prune(self) -> None:
         self.masks = self.constraints.hard_masks(self._constrained(), self.tensors)
