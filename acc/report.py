@@ -55,6 +55,7 @@ def _plots(out_dir: Path, report: dict) -> list[str]:
     ks = [0] + [r["round"] for r in rounds]
     ax1.plot(ks, [report["params"]["before"]] + [r["params_after"] for r in rounds], "o-", color="#2d6fb3", label="parameters")
     ax1.set_yscale("log")
+    ax1.set_xticks(ks)
     ax1.set_xlabel("round")
     ax1.set_ylabel("parameters")
     accs = [report["accuracy_before"].get("test") or report["accuracy_before"].get("val")]
