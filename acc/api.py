@@ -147,6 +147,7 @@ def compile(  # noqa: A001 - the verb users know
     lr: float = 0.01,
     resume: bool = False,
     progress: bool = True,
+    strategy: str = "anneal",
     log=print,
 ):
     """The whole AutoCompress pipeline (see acc.autocompress). Returns a CompileResult whose
@@ -165,7 +166,7 @@ def compile(  # noqa: A001 - the verb users know
     options = CompileOptions(rate=parse_rate(rate), metric=metric, rounds=rounds, budget_epochs=budget_epochs,
                              labels=labels, seed=seed, resume=resume, limit=limit, test_limit=test_limit,
                              batch_size=batch_size, lr=lr, device=device, progress=progress, search=search,
-                             target=target, tune_trials=tune_trials)
+                             target=target, tune_trials=tune_trials, strategy=strategy)
     return compile_model(model, data, output, options, log=log)
 
 

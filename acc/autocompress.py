@@ -73,6 +73,7 @@ class CompileOptions:
     search: SearchConfig = field(default_factory=SearchConfig)
     target: str | None = None
     tune_trials: int = 0
+    strategy: str = "anneal"  # or "uniform": one rate for every group (the baseline the search must beat)
 
 
 @dataclass
@@ -111,6 +112,8 @@ def compile_model(model_path, data, out_dir, options: CompileOptions, log=print)
     started = time.time()
     if options.metric not in METRICS:
         raise InputError(f"--metric must be one of {', '.join(METRICS)}")
+    if options.strategy not in ("anneal", "uniform"):
+        raise InputError("strategy must be 'anneal' or 'uniform'")
     if options.rounds < 1:
         raise InputError("--rounds must be at least 1")
     out_dir = Path(out_dir)
@@ -204,8 +207,23 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     }
 
 
+def uniform_rates_for(cost: CostModel, goal: float, metric: str, max_rate: float) -> np.ndarray:
+    """One rate for every group, the smallest that meets `goal` (bisection)."""
+    lo, hi = 0.0, max_rate
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if cost.measure(np.full(len(cost.names), mid), metric) > goal:
+            lo = mid
+        else:
+            hi = mid
+    return np.full(len(cost.names), hi)
+
+
 def _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir):
     search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k})
+    if options.strategy == "uniform":
+        rates = uniform_rates_for(cost, goal, options.metric, search_cfg.max_rate)
+        return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg)}
     input_shape = analysis.index.shape(analysis.index.input_names[0])
     train, val, _, _ = load_training_data(data, current, prune_options, input_shape)
     use_labels = train.labels is not None if options.labels is None else options.labels

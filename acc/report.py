@@ -71,6 +71,8 @@ def _plots(out_dir: Path, report: dict) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     offset = 0
     for i, s in enumerate(report["search"], start=1):
+        if not s["trace"]:
+            continue
         steps = [offset + t["step"] for t in s["trace"]]
         ax.plot(steps, [t["candidate_energy"] for t in s["trace"]], ".", alpha=0.5, label=f"round {i} candidates")
         ax.plot(steps, [t["energy"] for t in s["trace"]], "-", label=f"round {i} current")

@@ -1,0 +1,183 @@
+"""Does the search beat uniform rates, and Torch-Pruning, at the same budget?
+
+The shipped CIFAR-10 ResNet-20 compiled to each target three ways, with the same data and epochs:
+  search:   acc compile (simulated annealing + guidance, then ADMM, purification, fine-tuning);
+  uniform:  acc compile with one rate for every group (same rounds, same ADMM budget);
+  torch-pruning: Torch-Pruning's global magnitude (L1) pruning of the torch ResNet-20 with the same
+            trained weights to the same parameter count, then the same number of fine-tuning epochs.
+Accuracy on the CIFAR-10 test split, which nothing is chosen on. Torch-Pruning is installed into
+benchmarks/.deps (--no-deps), never as a dependency of acc.
+
+    python benchmarks/compile_cifar10.py            # 2 CPU cores
+    python benchmarks/compile_cifar10.py --full     # whole training set, longer budget (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPS = Path(__file__).resolve().parent / ".deps"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import record  # noqa: E402
+
+from acc import api  # noqa: E402
+from acc.format import table  # noqa: E402
+from acc.passes.counting import count  # noqa: E402
+from acc.passes.importer import import_model  # noqa: E402
+
+
+def torch_pruning():
+    if not (DEPS / "torch_pruning").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(DEPS),
+                        "torch-pruning==1.6.1"], check=True)
+    sys.path.insert(0, str(DEPS))
+    import torch_pruning as tp
+
+    return tp
+
+
+def trained_resnet20(model_path):
+    """models/ ResNet-20 with the weights of the shipped ONNX (initializer names are state-dict keys)."""
+    import numpy as np
+    import torch
+    from onnx import numpy_helper
+
+    from models.export import build
+
+    onnx_model = import_model(model_path)
+    values = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in onnx_model.graph.initializer}
+    net = build("resnet20")
+    state = {k: values.get(k, v) for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def onnx_counts(net, tmp: Path):
+    import torch
+
+    path = tmp / "tp.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (torch.randn(1, 3, 32, 32),), str(path), input_names=["input"],
+                          output_names=["logits"], opset_version=17, do_constant_folding=False, dynamo=False)
+    return count(import_model(path))
+
+
+def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch, lr, device, tmp):
+    import torch
+
+    from acc.prune.admm import TrainConfig, Trainer
+    from acc.prune.constraints import ConstraintSet
+    from acc.prune.objective import Objective, evaluate
+    from acc.prune.pipeline import PruneOptions, load_training_data
+    from acc.prune.rates import Rates
+
+    tp = torch_pruning()
+    base = trained_resnet20(model_path)
+    before = onnx_counts(base, tmp).params
+    example = torch.randn(1, 3, 32, 32)
+
+    def pruned(ratio):
+        net = copy.deepcopy(base)
+        pruner = tp.pruner.MagnitudePruner(net, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, global_pruning=True, ignored_layers=[net.fc])
+        pruner.step()
+        return net
+
+    lo, hi = 0.0, 0.95  # bisection on the global ratio for the parameter target
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        if before / sum(p.numel() for p in pruned(mid).parameters()) < target:
+            lo = mid
+        else:
+            hi = mid
+    net = pruned(hi)
+    options = PruneOptions(rates=Rates(), limit=limit, test_limit=test_limit)
+    train, val, test, _ = load_training_data(data, model_path, options, (1, 3, 32, 32))
+    dev = torch.device(device)
+    net.to(dev)
+    train, val, test = train.to(dev), val.to(dev), test.to(dev)
+    objective = Objective()
+    acc_before = evaluate(trained_resnet20(model_path).to(dev), test, objective)["accuracy"]
+    tensors = {n: p for n, p in net.named_parameters()}
+    trainer = Trainer(net, ConstraintSet([], []), tensors, train, val, objective,
+                      TrainConfig(admm_epochs=0, finetune_epochs=epochs, batch_size=batch, finetune_lr=lr))
+    trainer.run()
+    after = onnx_counts(net.cpu(), tmp)
+    net.to(dev)
+    return {"accuracy_before": acc_before, "accuracy_after": evaluate(net, test, objective)["accuracy"],
+            "params_before": before, "params_after": after.params, "flops_after": after.flops, "global_ratio": hi}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(ROOT / "models" / "resnet20.onnx"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10"))
+    p.add_argument("--targets", default="4")
+    p.add_argument("--full", action="store_true")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--budget-epochs", type=int, default=None, help="epochs per round (default 4, --full 20)")
+    p.add_argument("--train-images", type=int, default=None)
+    p.add_argument("--test-images", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    epochs = args.budget_epochs or (20 if args.full else 4)
+    limit = args.train_images or (None if args.full else 4000)
+    test_limit = args.test_images or (None if args.full else 2000)
+    batch = 256 if device == "cuda" else 128
+    work = ROOT / "benchmarks" / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for target in [float(t) for t in args.targets.split(",")]:
+        for strategy in ("anneal", "uniform"):
+            started = time.time()
+            result = api.compile(args.model, f"{target}x", args.data, work / f"{strategy}_{target:g}x", rounds=args.rounds,
+                                 budget_epochs=epochs, search_steps=8, eval_images=256, limit=limit,
+                                 test_limit=test_limit, device=device, batch_size=batch, strategy=strategy,
+                                 progress=False, log=lambda m: None)
+            r = result.report
+            rows.append({"target": target, "method": "search" if strategy == "anneal" else "uniform",
+                         "accuracy_before": r["accuracy_before"]["test"]["accuracy"],
+                         "accuracy_after": r["accuracy_after"]["test"]["accuracy"],
+                         "params_before": r["params"]["before"], "params_after": r["params"]["after_dense"],
+                         "flops_before": r["flops"]["before"], "flops_after": r["flops"]["after"],
+                         "rates": [x["rates"] for x in r["per_round"]], "seconds": time.time() - started})
+            print(f"{target:g}x {rows[-1]['method']}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
+        started = time.time()
+        tp_row = run_torch_pruning(args.model, args.data, target, epochs * args.rounds, limit, test_limit, batch,
+                                   0.01, device, work)
+        rows.append({"target": target, "method": "torch-pruning", **tp_row,
+                     "flops_before": rows[-1]["flops_before"], "seconds": time.time() - started})
+        print(f"{target:g}x torch-pruning: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
+    budget = {"rounds": args.rounds, "epochs_per_round": epochs, "total_epochs": epochs * args.rounds,
+              "torch_pruning_finetune_epochs": epochs * args.rounds, "train_images": limit or "all",
+              "test_images": test_limit or 10000, "device": device, "full": args.full, "seed": 0,
+              "search_steps_per_round": 8, "eval_images": 256}
+    print()
+    print(f"ResNet-20, CIFAR-10; budget: {budget}")
+    print(table(["target", "method", "test acc before", "test acc after", "params", "FLOPs", "seconds"],
+                [[f"{r['target']:g}x", r["method"], f"{100 * r['accuracy_before']:.2f}%", f"{100 * r['accuracy_after']:.2f}%",
+                  f"{r['params_before'] / r['params_after']:.2f}x", f"{r['flops_before'] / r['flops_after']:.2f}x",
+                  f"{r['seconds']:.0f}"] for r in rows], {2, 3, 4, 5, 6}))
+    path = record.write("compile_cifar10" + ("_full" if args.full else ""),
+                        "acc compile (search) vs uniform rates vs Torch-Pruning global magnitude, same budget, ResNet-20 CIFAR-10",
+                        rows, budget, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
