@@ -131,3 +131,9 @@ def test_impossible_target_names_the_most_reachable(tiny, tmp_path, capsys):  # 
 def test_bad_rate_on_the_command_line(tiny, tmp_path, capsys):  # noqa: F811
     code = main(["compile", str(tiny), "--rate", "0.5x", "--data", str(DEMO), "-o", str(tmp_path / "o")])
     assert code == 2 and "--rate must be more than 1x" in capsys.readouterr().err
+
+
+def test_uniform_strategy_gives_every_group_one_rate(tiny, tmp_path):  # noqa: F811
+    result = api.compile(tiny, "2x", DEMO, tmp_path / "u", strategy="uniform", **{**TINY_COMPILE, "rounds": 1})
+    rates = set(round(r, 6) for r in result.report["per_round"][0]["rates"].values())
+    assert len(rates) == 1 and result.report["params"]["reduction_dense"] >= 1.9
