@@ -121,7 +121,7 @@ class ColumnConstraint:
         return m.permute(*perm) if self.out_axis != 0 else m.contiguous()
 
 
-def _apply_position_masks(shape, entries, device=None) -> torch.Tensor:
+def position_mask(shape, entries, device=None) -> torch.Tensor:
     mask = torch.ones(shape, dtype=torch.bool, device=device)
     for axis, keep_pos in entries:
         view = [1] * len(shape)
@@ -151,7 +151,7 @@ class ConstraintSet:
             kept = g.kept_channels(tensors)
             for name, entries in g.position_masks(kept, WEIGHT_ROLES).items():
                 if name in tensors:
-                    m = _apply_position_masks(tensors[name].shape, entries, tensors[name].device)
+                    m = position_mask(tensors[name].shape, entries, tensors[name].device)
                     masks[name] = masks[name] & m if name in masks else m
         for c in self.columns:
             if c.name in tensors:
@@ -170,6 +170,6 @@ class ConstraintSet:
             kept = g.kept_channels(tensors)
             for name, entries in g.position_masks(kept, ZEROED_ROLES).items():
                 if name in all_tensors and name not in g.weight_names:
-                    m = _apply_position_masks(all_tensors[name].shape, entries, all_tensors[name].device)
+                    m = position_mask(all_tensors[name].shape, entries, all_tensors[name].device)
                     masks[name] = masks[name] & m if name in masks else m
         return masks

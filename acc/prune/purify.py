@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from acc.passes.mask import ZEROED_ROLES
-from acc.prune.constraints import _apply_position_masks
+from acc.prune.constraints import position_mask
 from acc.prune.objective import evaluate
 
 
@@ -69,7 +69,7 @@ def purify_near_zero(trainer, tolerance: float = 1e-3, max_evaluations: int = 24
             for name, entries in g.position_masks(kept, ZEROED_ROLES).items():
                 t = trainer.tensors[name]
                 saved.setdefault(name, t.detach().clone())
-                m = _apply_position_masks(t.shape, entries, t.device)
+                m = position_mask(t.shape, entries, t.device)
                 new_masks[name] = new_masks[name] & m if name in new_masks else m
         for name, m in new_masks.items():
             trainer.tensors[name].mul_(m.to(trainer.tensors[name].dtype))
