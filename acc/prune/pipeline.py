@@ -83,7 +83,8 @@ def load_training_data(data_path, model_path, options: PruneOptions, input_shape
     test = None
     folder = Path(data_path)
     if folder.is_dir() and ((folder / "test.jpeg.npz").is_file() or (folder / "test").is_dir()):
-        t = load_dataset(folder, split="test", size=pre.size, limit=options.test_limit, seed=options.train.seed)
+        # A fixed sample: every round and every method is scored on the same test images.
+        t = load_dataset(folder, split="test", size=pre.size, limit=options.test_limit, seed=0)
         test = TensorData.from_images(t, pre)
     return train, val, test, pre
 
