@@ -81,27 +81,10 @@ def export_onnx(
             if dynamo:
                 # Below 18 the dynamo exporter tries a down-conversion that fails on Reduce ops and
                 # logs a traceback; its own default opset is what it supports, so use that.
-                torch.onnx.export(
-                    model,
-                    (sample,),
-                    str(path),
-                    input_names=["input"],
-                    output_names=["logits"],
-                    opset_version=opset if opset >= 18 else None,
-                    dynamo=True,
-                    verbose=False,
-                )
+                options = {"opset_version": opset if opset >= 18 else None, "dynamo": True, "verbose": False}
             else:
-                torch.onnx.export(
-                    model,
-                    (sample,),
-                    str(path),
-                    input_names=["input"],
-                    output_names=["logits"],
-                    opset_version=opset,
-                    do_constant_folding=False,
-                    dynamo=False,
-                )
+                options = {"opset_version": opset, "do_constant_folding": False, "dynamo": False}
+            torch.onnx.export(model, (sample,), str(path), input_names=["input"], output_names=["logits"], **options)
     finally:
         model.train(was_training)
     return path

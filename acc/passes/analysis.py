@@ -69,6 +69,11 @@ class Analysis:
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.is_boundary]
 
+    def channel_of_root(self, group: ChannelGroup) -> dict[int, int]:
+        """Element root -> the group's channel index: how a layout position finds its channel."""
+        find = self.elements.find
+        return {find(int(ch[0])): j for j, ch in enumerate(group.channels)}
+
 
 class AnalysisContext:
     """What rules see: layouts of tensors, and the calls that record members, unions and fixes."""

@@ -188,7 +188,7 @@ def dead_channels(analysis: Analysis) -> dict[str, list[int]]:
     result: dict[str, list[int]] = {}
     readers = [m for m in analysis.members if m.role == IN_WEIGHT]
     for group in analysis.prunable_groups:
-        root_of = {find(int(ch[0])): j for j, ch in enumerate(group.channels)}
+        root_of = analysis.channel_of_root(group)
         live = np.zeros(group.width, dtype=bool)
         for m in readers:
             roots = np.array([find(e) if e >= 0 else -1 for e in m.layout.tolist()])

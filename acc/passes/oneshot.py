@@ -22,7 +22,7 @@ def channel_norms(analysis: Analysis, criterion: str = "l1") -> dict[str, np.nda
     find = analysis.elements.find
     norms: dict[str, np.ndarray] = {}
     for group in analysis.prunable_groups:
-        root_of = {find(int(ch[0])): j for j, ch in enumerate(group.channels)}
+        root_of = analysis.channel_of_root(group)
         total = np.zeros(group.width)
         for mi in group.members:
             m = analysis.members[mi]

@@ -19,7 +19,7 @@ def group_holdings(analysis: Analysis) -> dict[str, tuple[int, int]]:
     find = analysis.elements.find
     result = {}
     for g in analysis.groups:
-        roots = {find(int(ch[0])) for ch in g.channels}
+        roots = set(analysis.channel_of_root(g))
         p = f = 0.0
         for mi in g.members:
             m = analysis.members[mi]

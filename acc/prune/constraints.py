@@ -44,7 +44,7 @@ class GroupConstraint:
         self.keep = max(1, min(int(keep), group.width))
         self.frozen = torch.tensor([why is not None for why in group.frozen])
         find = analysis.elements.find
-        root_to_channel = {find(int(ch[0])): j for j, ch in enumerate(group.channels)}
+        root_to_channel = analysis.channel_of_root(group)
         self.members: list[MemberIndex] = []
         for mi in group.members:
             m = analysis.members[mi]

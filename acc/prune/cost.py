@@ -32,8 +32,8 @@ class CostModel:
         find = analysis.elements.find
         root_group = {}
         for g in self.groups:
-            for ch in g.channels:
-                root_group[find(int(ch[0]))] = index[g.name]
+            for root in analysis.channel_of_root(g):
+                root_group[root] = index[g.name]
         counts = count(analysis.model, analysis.index)
         self.params_total = counts.params
         self.flops_total = counts.flops
