@@ -46,7 +46,7 @@ def _candidates(trainer):
 
 @torch.no_grad()
 def purify_near_zero(trainer, tolerance: float = 1e-3, max_evaluations: int = 24, val_limit: int = 1000) -> NearZeroResult:
-    val = trainer.val if len(trainer.val) <= val_limit else trainer.val.subset(range(val_limit))
+    val = trainer.val.sample(val_limit, seed=trainer.cfg.seed)
     base = evaluate(trainer.module, val, trainer.objective)["loss"]
     limit = base * (1 + tolerance) if base > 0 else tolerance
     candidates = _candidates(trainer)

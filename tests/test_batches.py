@@ -1,0 +1,42 @@
+"""In-memory batches: sampling that does not follow the storage order, and CIFAR-style crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from acc.data.images import ImageData
+from acc.data.preprocess import Preprocess
+from acc.prune.batches import TensorData, random_crop_flip
+
+
+def class_ordered(n_per_class=50, classes=10) -> TensorData:
+    """Stored class by class, as CIFAR packs and image folders often are."""
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    return TensorData(torch.randn(len(labels), 3, 8, 8), labels)
+
+
+def test_sample_draws_from_every_class_not_the_head():
+    data = class_ordered()
+    sample = data.sample(100, seed=3)
+    assert len(sample) == 100
+    assert (torch.bincount(sample.labels, minlength=10) > 0).all()
+    assert torch.equal(sample.inputs, data.sample(100, seed=3).inputs)  # seeded
+    assert not torch.equal(sample.inputs, data.sample(100, seed=4).inputs)
+    assert data.sample(10_000) is data
+
+
+def test_crop_border_is_black_in_normalised_space():
+    pre = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), size=(8, 8))
+    raw = ImageData(np.full((4, 8, 8, 3), 255, np.uint8), np.zeros(4, np.int64))
+    data = TensorData.from_images(raw, pre)
+    black = -torch.tensor(pre.mean) / torch.tensor(pre.std)
+    assert torch.allclose(data.pad_value, black)
+    generator = torch.Generator().manual_seed(0)
+    crops = torch.cat([random_crop_flip(data.inputs, generator, pad_value=data.pad_value) for _ in range(8)])
+    white = (1 - torch.tensor(pre.mean)) / torch.tensor(pre.std)
+    values = crops.permute(1, 0, 2, 3).reshape(3, -1)
+    for c in range(3):
+        is_black = torch.isclose(values[c], black[c])
+        assert (is_black | torch.isclose(values[c], white[c])).all()
+        assert is_black.any()  # some border was cropped in
