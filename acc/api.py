@@ -136,6 +136,7 @@ def compile(  # noqa: A001 - the verb users know
     budget_epochs: int = 4,
     search_steps: int | None = None,
     eval_images: int = 512,
+    search_finetune_steps: int = 0,
     limit: int | None = None,
     test_limit: int | None = None,
     target: str | None = None,
@@ -158,7 +159,9 @@ def compile(  # noqa: A001 - the verb users know
     from acc.errors import InputError
     from acc.prune.search import SearchConfig
 
-    search = SearchConfig(eval_images=eval_images)
+    if search_finetune_steps < 0:
+        raise InputError("--search-finetune-steps must be 0 or more")
+    search = SearchConfig(eval_images=eval_images, finetune_steps=search_finetune_steps)
     if search_steps is not None:
         if search_steps < 1:
             raise InputError("--search-steps must be at least 1")

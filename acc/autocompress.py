@@ -208,37 +208,12 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     }
 
 
-def uniform_rates_for(cost: CostModel, goal: float, metric: str, max_rate: float) -> np.ndarray:
-    """One rate for every group, the smallest that meets `goal` (bisection)."""
-    lo, hi = 0.0, max_rate
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if cost.measure(np.full(len(cost.names), mid), metric) > goal:
-            lo = mid
-        else:
-            hi = mid
-    return np.full(len(cost.names), hi)
-
-
 def _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir):
     search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k})
     if options.strategy == "uniform":
-        rates = uniform_rates_for(cost, goal, options.metric, search_cfg.max_rate)
+        rates = Guidance(analysis, cost, search_cfg).uniform(goal, options.metric)
         return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg)}
-    input_shape = analysis.index.shape(analysis.index.input_names[0])
-    train, val, _, _ = load_training_data(data, current, prune_options, input_shape)
-    use_labels = train.labels is not None if options.labels is None else options.labels
-    teacher = None
-    if not use_labels:
-        teacher = TorchModel(normalize(load_model(prune_options.teacher_model))).module
-    bridge = TorchModel(model)
-    device = torch.device(options.device)
-    bridge.to(device)
-    if teacher is not None:
-        teacher.to(device)
-    val_subset = val.subset(range(min(len(val), search_cfg.eval_images))).to(device)
-    calibration = train.subset(range(min(len(train), 128 * search_cfg.bn_batches))).to(device)
-    scorer = OneShotScorer(analysis, bridge, Objective(teacher, use_labels=use_labels), val_subset, calibration, search_cfg)
+    scorer = build_scorer(model, analysis, current, data, prune_options, search_cfg, options.labels, options.device)
     guidance = Guidance(analysis, cost, search_cfg)
     annealer = Annealer(guidance, scorer, goal, options.metric, search_cfg, checkpoint=round_dir / "search.json",
                         progress=_SearchProgress(options.progress, k, options.rounds))
@@ -248,6 +223,27 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
     trace = {"trace": annealer.state.trace, "best_energy": annealer.state.best_energy,
              "evaluated": len(annealer.state.cache), "config": asdict(search_cfg)}
     return best, trace
+
+
+def build_scorer(model, analysis, model_path, data, prune_options: PruneOptions, search_cfg: SearchConfig,
+                 labels: bool | None, device: str) -> OneShotScorer:
+    """The search's energy on `model`: validation, BN-calibration and fine-tune samples carved
+    from the round's training data (the validation part is never trained on)."""
+    input_shape = analysis.index.shape(analysis.index.input_names[0])
+    train, val, _, _ = load_training_data(data, model_path, prune_options, input_shape)
+    use_labels = train.labels is not None if labels is None else labels
+    teacher = None
+    if not use_labels:
+        teacher = TorchModel(normalize(load_model(prune_options.teacher_model or model_path))).module
+    bridge = TorchModel(model)
+    dev = torch.device(device)
+    bridge.to(dev)
+    if teacher is not None:
+        teacher.to(dev)
+    val_subset = val.sample(search_cfg.eval_images, seed=search_cfg.seed).to(dev)
+    calibration = train.sample(128 * search_cfg.bn_batches, seed=search_cfg.seed + 1).to(dev)
+    return OneShotScorer(analysis, bridge, Objective(teacher, use_labels=use_labels), val_subset, calibration,
+                         search_cfg, train=train.to(dev))
 
 
 def _report(model_path, original: onnx.ModelProto, final: onnx.ModelProto, rounds, options, started) -> dict:

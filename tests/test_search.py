@@ -60,10 +60,18 @@ def test_first_conv_and_classifier_groups_stay_mild(resnet):
     mild = mild_groups(analysis)
     assert analysis.prunable_groups[0].name in mild  # the stem writes the first stage's group
     guidance = Guidance(analysis, cost, SearchConfig(mild_rate=0.3))
-    rates = guidance.rescale(np.full(len(cost.names), 0.8), cost.total("params") / 4, "params")
-    for name, r in zip(cost.names, rates):
-        if name in mild:
-            assert r <= 0.3 + 1e-9
+    for target in (1.5, 4.0):
+        goal = cost.total("params") / target
+        uniform = guidance.uniform_rate(goal, "params")
+        reached = cost.measure(guidance.uniform(goal, "params"), "params")
+        assert 0.95 * goal <= reached <= goal  # one rate for all groups moves in coarse channel steps
+        cap = max(0.3, uniform)  # never held below the uniform rate (they are residual streams here)
+        assert (cap == 0.3) == (target == 1.5)
+        caps = guidance.caps(goal, "params")
+        assert all(c == pytest.approx(cap if name in mild else 0.95) for name, c in zip(cost.names, caps))
+        rates = guidance.rescale(np.linspace(0.05, 0.9, len(cost.names)), goal, "params")
+        assert all(r <= cap + 1e-9 for name, r in zip(cost.names, rates) if name in mild)
+        assert target < 4 or any(r > cap for name, r in zip(cost.names, rates) if name not in mild)
 
 
 def test_annealing_accepts_worse_moves_hot_and_not_cold():
@@ -137,3 +145,27 @@ def test_uniform_strategy_gives_every_group_one_rate(tiny, tmp_path):  # noqa: F
     result = api.compile(tiny, "2x", DEMO, tmp_path / "u", strategy="uniform", **{**TINY_COMPILE, "rounds": 1})
     rates = set(round(r, 6) for r in result.report["per_round"][0]["rates"].values())
     assert len(rates) == 1 and result.report["params"]["reduction_dense"] >= 1.9
+
+
+def test_scorer_fine_tune_is_repeatable_and_leaves_the_model_untouched(tiny):  # noqa: F811
+    import torch
+
+    from acc.autocompress import build_scorer
+    from acc.prune.pipeline import PruneOptions
+    from acc.prune.rates import Rates
+
+    model = import_model(tiny)
+    analysis = analyze(model)
+    cost = CostModel(analysis)
+    options = PruneOptions(rates=Rates(), limit=160, progress=False)
+    rates = np.full(len(cost.names), 0.5)
+    energies = {}
+    for steps in (0, 6):
+        scorer = build_scorer(model, analysis, tiny, DEMO, options, SearchConfig(eval_images=32, finetune_steps=steps), None, "cpu")
+        before = {k: v.clone() for k, v in scorer.bridge.module.state_dict().items()}
+        energies[steps] = [scorer.energy(rates), scorer.energy(rates)]
+        after = scorer.bridge.module.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert not scorer.bridge.module.training
+    assert energies[0][0] == energies[0][1] and energies[6][0] == energies[6][1]
+    assert energies[0][0] != energies[6][0]  # the steps did train

@@ -19,6 +19,10 @@ def register(sub) -> None:
     p.add_argument("--budget-epochs", type=int, default=4, help="training epochs per round, half ADMM half fine-tuning (default 4)")
     p.add_argument("--search-steps", type=int, default=None, help="annealing steps per round (default: 100 -> 20 at x0.9, 16 steps)")
     p.add_argument("--eval-images", type=int, default=512, help="validation images that score a search candidate")
+    p.add_argument("--search-finetune-steps", type=int, default=0,
+                   help="masked SGD steps before a candidate is scored (default 0: one-shot + BatchNorm re-estimation)")
+    p.add_argument("--strategy", choices=["anneal", "uniform"], default="anneal",
+                   help="anneal: search the per-layer rates (default); uniform: one rate for every group, the baseline")
     p.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of this many images")
     p.add_argument("--test-limit", type=int, default=None, help="score the test split on this many images")
     p.add_argument("--target", default=None, help="also build a TVM library for this target (host, arm64, rpi4, pixel, ...)")
@@ -40,6 +44,7 @@ def run(args) -> int:
     result = api.compile(
         args.model, rate=args.rate, data=args.data, output=args.output, metric=args.metric, rounds=args.rounds,
         budget_epochs=args.budget_epochs, search_steps=args.search_steps, eval_images=args.eval_images,
+        search_finetune_steps=args.search_finetune_steps, strategy=args.strategy,
         limit=args.limit, test_limit=args.test_limit, target=args.target, tune_trials=args.tune_trials,
         labels=args.labels, seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress,
     )
