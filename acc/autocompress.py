@@ -221,7 +221,8 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
         annealer.resume()
     best = annealer.run()
     trace = {"trace": annealer.state.trace, "best_energy": annealer.state.best_energy,
-             "evaluated": len(annealer.state.cache), "config": asdict(search_cfg)}
+             "evaluated": len(annealer.state.cache), "confirmation": annealer.state.confirmation,
+             "config": asdict(search_cfg)}
     return best, trace
 
 

@@ -169,3 +169,33 @@ def test_scorer_fine_tune_is_repeatable_and_leaves_the_model_untouched(tiny):  #
         assert not scorer.bridge.module.training
     assert energies[0][0] == energies[0][1] and energies[6][0] == energies[6][1]
     assert energies[0][0] != energies[6][0]  # the steps did train
+
+
+class ScriptedScorer:
+    """Energies from a rule: the uniform start scores 10; any other candidate scores `lucky` on
+    its first evaluation and `later` on re-evaluations with other seeds."""
+
+    def __init__(self, start, lucky, later):
+        self.start, self.lucky, self.later = start, lucky, later
+
+    def keep_counts(self, rates):
+        return tuple(np.round(np.asarray(rates), 6))
+
+    def energy(self, rates, seed_offset=0):
+        if self.keep_counts(rates) == self.keep_counts(self.start):
+            return 10.0
+        return self.lucky if seed_offset == 0 else self.later
+
+
+@pytest.mark.parametrize("later, keeps_winner", [(20.0, False), (6.0, True)])
+def test_a_lucky_winner_must_win_again_to_replace_uniform_rates(resnet, later, keeps_winner):
+    analysis, cost = resnet
+    config = SearchConfig(cooling=0.5, t_end=20.0, seed=1)
+    guidance = Guidance(analysis, cost, config)
+    goal = cost.total("params") / 3
+    start = guidance.uniform(goal, "params")
+    annealer = Annealer(guidance, ScriptedScorer(start, lucky=5.0, later=later), goal, "params", config)
+    best = annealer.run()
+    assert annealer.state.start == start.tolist()
+    assert annealer.state.confirmation["kept_best"] is keeps_winner
+    assert (best.tolist() == start.tolist()) is not keeps_winner

@@ -4,7 +4,8 @@
 - Guidance (experience): a group that holds more parameters never gets a lower rate than a smaller
   one (rates are sorted onto groups by size), groups that the first conv writes or the classifier
   reads stay mild (rate capped, see Guidance), and every candidate is rescaled to meet the round's
-  target exactly. The search starts from uniform rates and returns the lowest-energy candidate.
+  target exactly. The search starts from uniform rates and returns the lowest-energy candidate if
+  it still beats them when both are scored again with other seeds (Annealer._confirm).
 - Energy: validation loss of a cheap evaluation, scaled by `energy_scale`: one-shot L1 channel
   pruning to the candidate's structure, BatchNorm statistics re-estimated on a few batches, then
   `finetune_steps` masked SGD steps (the same seeded batches for every candidate, so candidates are
@@ -53,6 +54,7 @@ class SearchConfig:
     finetune_steps: int = 0  # masked SGD steps per candidate before its loss is measured
     finetune_batch: int = 64
     finetune_lr: float = 0.01
+    confirm_seeds: int = 2  # re-score the winner and the uniform start this many more times
     seed: int = 0
 
 
@@ -67,6 +69,8 @@ class SearchState:
     trace: list = field(default_factory=list)
     rng: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    start: list = field(default_factory=list)
+    confirmation: dict = field(default_factory=dict)
     done: bool = False
 
 
@@ -189,7 +193,8 @@ class OneShotScorer:
         return tuple(kept_channels(w, p, r) for w, p, r in zip(self.cost.widths, self.cost.prunable, rates))
 
     @torch.no_grad()
-    def energy(self, rates: np.ndarray) -> float:
+    def energy(self, rates: np.ndarray, seed_offset: int = 0) -> float:
+        """`seed_offset` draws other calibration crops and fine-tune batches (a second opinion)."""
         module = self.bridge.module
         module.load_state_dict(self.original)
         groups = [GroupConstraint(self.analysis, self.bridge, name, k, "l1")
@@ -200,21 +205,22 @@ class OneShotScorer:
         masks = {name: mask.to(tensors[name].dtype) for name, mask in masks.items()}
         for name, mask in masks.items():
             tensors[name].mul_(mask)
-        self._recalibrate_bn(module)
+        seed = self.config.seed + 7919 * seed_offset
+        self._recalibrate_bn(module, seed)
         if self.config.finetune_steps > 0 and self.train is not None:
-            self._finetune(module, masks)
+            self._finetune(module, masks, seed)
         loss = evaluate(module, self.val, self.objective)["loss"]
         module.load_state_dict(self.original)
         module.eval()
         return float(loss) * self.config.energy_scale
 
     @torch.enable_grad()
-    def _finetune(self, module, masks) -> None:
+    def _finetune(self, module, masks, seed: int) -> None:
         c = self.config
         tensors = self.bridge.tensors
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=c.finetune_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        generator = torch.Generator().manual_seed(c.seed)
+        generator = torch.Generator().manual_seed(seed)
         module.train()
         step = 0
         while step < c.finetune_steps:
@@ -234,7 +240,7 @@ class OneShotScorer:
                     break
         module.eval()
 
-    def _recalibrate_bn(self, module) -> None:
+    def _recalibrate_bn(self, module, seed: int) -> None:
         bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         if not bns or self.calibration is None:
             return
@@ -244,7 +250,7 @@ class OneShotScorer:
             m.momentum = None  # cumulative average over the calibration batches
         module.train()
         # Augmented like training: the statistics the model was trained with came from such batches.
-        generator = torch.Generator().manual_seed(self.config.seed)
+        generator = torch.Generator().manual_seed(seed)
         for x, _ in self.calibration.batches(128, augment=True, generator=generator):
             module(x)
         module.eval()
@@ -298,12 +304,28 @@ class Annealer:
             return True
         return bool(self.rng.random() < math.exp(-delta / max(self.state.temperature, 1e-9)))
 
+    def _confirm(self) -> None:
+        """Guard against the winner's curse: the lowest of many noisy energies is lower partly by
+        luck. The winner replaces the uniform start only if it still wins on average over
+        `confirm_seeds` more evaluations of both (other calibration crops, other fine-tune batches)."""
+        st, n = self.state, self.config.confirm_seeds
+        if n <= 0 or not st.start or self.scorer.keep_counts(np.array(st.best)) == self.scorer.keep_counts(np.array(st.start)):
+            return
+        start_energy = st.trace[0]["energy"]
+        best = [st.best_energy] + [self.scorer.energy(np.array(st.best), seed_offset=i) for i in range(1, n + 1)]
+        start = [start_energy] + [self.scorer.energy(np.array(st.start), seed_offset=i) for i in range(1, n + 1)]
+        kept = float(np.mean(best)) < float(np.mean(start))
+        st.confirmation = {"best_energies": best, "start_energies": start, "kept_best": kept}
+        if not kept:
+            st.best, st.best_energy = list(st.start), start_energy
+
     def run(self) -> np.ndarray:
         st, c = self.state, self.config
         if not st.current:
             start = self.guidance.uniform(self.target, self.metric)
             st.current, st.current_energy = start.tolist(), self.score(start)
             st.best, st.best_energy = list(st.current), st.current_energy
+            st.start = list(st.current)
             st.trace.append({"step": 0, "temperature": st.temperature, "energy": st.current_energy,
                              "candidate_energy": st.current_energy, "accepted": True, "best_energy": st.best_energy})
             self.save()
@@ -323,6 +345,8 @@ class Annealer:
                 self.progress(step=st.step, steps=total, temperature=st.temperature, energy=energy, best=st.best_energy)
             st.temperature *= c.cooling
             self.save()
+        if not st.done:
+            self._confirm()
         st.done = True
         self.save()
         return np.array(st.best)
