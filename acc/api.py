@@ -136,7 +136,7 @@ def compile(  # noqa: A001 - the verb users know
     budget_epochs: int = 4,
     search_steps: int | None = None,
     eval_images: int = 512,
-    search_finetune_steps: int = 0,
+    search_finetune_steps: int = 50,
     limit: int | None = None,
     test_limit: int | None = None,
     target: str | None = None,

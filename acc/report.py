@@ -80,7 +80,10 @@ def _plots(out_dir: Path, report: dict) -> list[str]:
     ax.set_xlabel("search step")
     ax.set_ylabel("energy (validation loss x scale)")
     ax.set_title("Simulated annealing")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no search (uniform rates)", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     made.append(_save(fig, out_dir / "search.png"))
     return made

@@ -154,7 +154,10 @@ def main(argv=None) -> int:
                          "accuracy_after": r["accuracy_after"]["test"]["accuracy"],
                          "params_before": r["params"]["before"], "params_after": r["params"]["after_dense"],
                          "flops_before": r["flops"]["before"], "flops_after": r["flops"]["after"],
-                         "rates": [x["rates"] for x in r["per_round"]], "seconds": time.time() - started})
+                         "rates": [x["rates"] for x in r["per_round"]],
+                         "search": [{"best_energy": s.get("best_energy"), "evaluated": s.get("evaluated"),
+                                     "confirmation": s.get("confirmation")} for s in r["search"]],
+                         "seconds": time.time() - started})
             print(f"{target:g}x {rows[-1]['method']}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
         started = time.time()
         tp_row = run_torch_pruning(args.model, args.data, target, epochs * args.rounds, limit, test_limit, batch,
@@ -165,7 +168,7 @@ def main(argv=None) -> int:
     budget = {"rounds": args.rounds, "epochs_per_round": epochs, "total_epochs": epochs * args.rounds,
               "torch_pruning_finetune_epochs": epochs * args.rounds, "train_images": limit or "all",
               "test_images": test_limit or 10000, "device": device, "full": args.full, "seed": 0,
-              "search_steps_per_round": 8, "eval_images": 256}
+              "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50}
     print()
     print(f"ResNet-20, CIFAR-10; budget: {budget}")
     print(table(["target", "method", "test acc before", "test acc after", "params", "FLOPs", "seconds"],

@@ -19,8 +19,8 @@ def register(sub) -> None:
     p.add_argument("--budget-epochs", type=int, default=4, help="training epochs per round, half ADMM half fine-tuning (default 4)")
     p.add_argument("--search-steps", type=int, default=None, help="annealing steps per round (default: 100 -> 20 at x0.9, 16 steps)")
     p.add_argument("--eval-images", type=int, default=512, help="validation images that score a search candidate")
-    p.add_argument("--search-finetune-steps", type=int, default=0,
-                   help="masked SGD steps before a candidate is scored (default 0: one-shot + BatchNorm re-estimation)")
+    p.add_argument("--search-finetune-steps", type=int, default=50,
+                   help="masked SGD steps before a candidate is scored (default 50; 0: one-shot + BatchNorm re-estimation only)")
     p.add_argument("--strategy", choices=["anneal", "uniform"], default="anneal",
                    help="anneal: search the per-layer rates (default); uniform: one rate for every group, the baseline")
     p.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of this many images")

@@ -26,10 +26,10 @@ def run(args) -> int:
         raise InputError(f"the demo needs {MODEL} and {DATA}/train.jpeg.npz (run from a full checkout)")
     print(f"acc demo: {MODEL.name} ({DATA.name}: 2,000 training and 1,000 test images), --rate {args.rate}")
     print(f"  = acc compile {MODEL.relative_to(ROOT)} --rate {args.rate} --data {DATA.relative_to(ROOT)} "
-          f"-o {args.output} --rounds 2 --budget-epochs 4 --search-steps 6 --eval-images 256 --distill")
+          f"-o {args.output} --rounds 2 --budget-epochs 4 --search-steps 6 --search-finetune-steps 30 --eval-images 256 --distill")
     # 1,800 training images: learning the original model's outputs recovers more than the labels do.
     result = api.compile(MODEL, args.rate, DATA, args.output, rounds=2, budget_epochs=4, search_steps=6,
-                         eval_images=256, labels=False, progress=not args.no_progress)
+                         search_finetune_steps=30, eval_images=256, labels=False, progress=not args.no_progress)
     r = result.report
     print()
     print(summary_table(r))
