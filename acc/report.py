@@ -114,10 +114,25 @@ def markdown(report: dict, plots: list[str]) -> str:
     for r in report["per_round"]:
         shown = ", ".join(f"{k}: {v:.2f}" for k, v in r["rates"].items())
         lines.append(f"- round {r['round']}: {shown}")
+    lines += ["", "## Search", ""]
+    for i, s in enumerate(report["search"], start=1):
+        lines.append(f"- round {i}: " + _search_line(s))
     if "library" in report:
         lines += ["", f"TVM library: `{report['library']['path']}` (target {report['library']['target']})"]
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _search_line(s: dict) -> str:
+    if not s.get("trace"):
+        return "none (uniform rates)"
+    start = s["trace"][0]["energy"]
+    text = f"{s['evaluated']} candidates scored; energy of uniform rates {start:.0f}, of the best {s['best_energy']:.0f}"
+    c = s.get("confirmation") or {}
+    if c:
+        verdict = "kept the best" if c["kept_best"] else "fell back to uniform rates"
+        text += f"; re-scored with {len(c['best_energies']) - 1} more seeds: {verdict}"
+    return text
 
 
 def write_report(out_dir: Path, report: dict) -> None:
