@@ -35,6 +35,17 @@ from acc.prune.objective import Objective, evaluate, first_output
 PULL = 4.0
 
 
+def sgd(module: torch.nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """Nesterov SGD over the module's trainable parameters (ADMM, fine-tuning, the search's steps)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Cosine decay from base_lr at step 0 to 0 at total_steps."""
+    return 0.5 * base_lr * (1 + math.cos(math.pi * step / total_steps))
+
+
 @dataclass
 class TrainConfig:
     admm_epochs: int = 4
@@ -88,8 +99,7 @@ class Trainer:
         return {n: self.tensors[n] for n in self.constraints.constrained_names if n in self.tensors}
 
     def _make_optimizer(self, lr: float):
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=lr, momentum=self.cfg.momentum, nesterov=True, weight_decay=self.cfg.weight_decay)
+        return sgd(self.module, lr, self.cfg.momentum, self.cfg.weight_decay)
 
     def _steps_per_epoch(self) -> int:
         return max(1, math.ceil(len(self.train) / self.cfg.batch_size))
@@ -183,7 +193,7 @@ class Trainer:
         running = 0.0
         for i, (x, y) in enumerate(self.train.batches(cfg.batch_size, shuffle=True, augment=True, generator=generator)):
             step = st.epoch * steps + i
-            lr = 0.5 * base_lr * (1 + math.cos(math.pi * step / total_steps))  # cosine over the phase
+            lr = cosine_lr(base_lr, step, total_steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             out = first_output(self.module(x))

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from acc import atomic
-from acc.errors import InputError
 from acc.passes.analysis import Analysis
 from acc.passes.summary import group_holdings
+from acc.prune.admm import TrainConfig, cosine_lr, sgd
 from acc.prune.constraints import ConstraintSet, GroupConstraint
 from acc.prune.cost import CostModel, kept_channels
 from acc.prune.objective import evaluate, first_output
@@ -219,8 +219,8 @@ class OneShotScorer:
     def _finetune(self, module, masks, seed: int) -> None:
         c = self.config
         tensors = self.bridge.tensors
-        params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=c.finetune_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        defaults = TrainConfig()
+        optimizer = sgd(module, c.finetune_lr, defaults.momentum, defaults.weight_decay)
         generator = torch.Generator().manual_seed(seed)
         module.train()
         step = 0
@@ -228,7 +228,7 @@ class OneShotScorer:
             for x, y in self.train.batches(c.finetune_batch, shuffle=True, augment=True, generator=generator):
                 # Cosine to zero: the loss is read where the steps settle, not mid-swing.
                 for group in optimizer.param_groups:
-                    group["lr"] = 0.5 * c.finetune_lr * (1 + math.cos(math.pi * step / c.finetune_steps))
+                    group["lr"] = cosine_lr(c.finetune_lr, step, c.finetune_steps)
                 loss = self.objective(first_output(module(x)), x, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
