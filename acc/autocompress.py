@@ -1,6 +1,6 @@
 """`acc compile`: the whole AutoCompress pipeline, reaching `--rate` progressively.
 
-Round k of N aims at R^(k/N) fewer parameters (or FLOPs) than the input: simulated-annealing search
+Round k of N aims at R^(k/N) fewer parameters (dense or non-zero) or FLOPs than the input: simulated-annealing search
 for the per-group rates on the current model, then ADMM with those rates, purification, masked
 fine-tuning, and the physically smaller, verified graph the next round starts from.
 
@@ -30,13 +30,11 @@ from acc.passes.importer import normalize
 from acc.passes.load import load_model
 from acc.prune.admm import TrainConfig
 from acc.prune.bridge import TorchModel
-from acc.prune.cost import CostModel
+from acc.prune.cost import METRICS
 from acc.prune.objective import Objective
 from acc.prune.pipeline import PruneOptions, load_training_data, prune
-from acc.prune.rates import Rates
-from acc.prune.search import Annealer, Guidance, OneShotScorer, SearchConfig, max_reduction
-
-METRICS = ("params", "flops")
+from acc.prune.rates import Rates, layer_schemes
+from acc.prune.search import Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, max_reduction, to_rates
 
 
 def parse_rate(text: str | float) -> float:
@@ -123,7 +121,7 @@ def compile_model(model_path, data, out_dir, options: CompileOptions, log=print)
         raise InputError(f"output path exists and is not a folder: {out_dir}")
     original = normalize(load_model(model_path))
     analysis = analyze(original)
-    cost = CostModel(analysis)
+    cost = cost_model(analysis, options.metric)
     reachable = max_reduction(analysis, options.metric, options.search)
     if options.rate > reachable:
         raise InputError(f"--rate {options.rate:g}x is out of reach for this graph: the most it can reach is "
@@ -183,7 +181,7 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     started = time.time()
     model = normalize(load_model(current))
     analysis = analyze(model)
-    cost = CostModel(analysis)
+    cost = cost_model(analysis, options.metric)
     before = cost.total(options.metric)
     log(f"round {k}/{options.rounds}: {options.metric} {before:,.0f} -> {goal:,.0f}")
     config = TrainConfig(admm_epochs=max(1, options.budget_epochs // 2), admm_iters=4,
@@ -194,15 +192,19 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
                                  resume=options.resume and (round_dir / "admm.ckpt").is_file(), progress=options.progress,
                                  device=options.device, preprocess_model=original_path, teacher_model=original_path)
     rates, search_trace = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir)
-    prune_options.rates = Rates(groups={name: float(r) for name, r in zip(cost.names, rates) if r > 0})
+    prune_options.rates = to_rates(cost, rates)
     result = prune(current, data, prune_options)
     atomic.write_bytes(round_dir / "model.onnx", result.model.SerializeToString())
     r = result.report
+    group_rates, column_rates = cost.split(rates)
     return {
         "round": k, "goal": goal, "metric": options.metric,
-        "rates": {name: float(x) for name, x in zip(cost.names, rates)},
+        "rates": {name: float(x) for name, x in zip(cost.names, group_rates)},
+        "column_rates": {name: float(x) for name, x in zip(cost.column_names, column_rates)},
+        "layers": layer_schemes(analysis, prune_options.rates),
         "search": search_trace, "prune": r,
-        "params_after": r["params"]["after_dense"], "flops_after": r["flops"]["after"],
+        "params_after": r["params"]["after_dense"], "nonzero_after": r["params"]["after_nonzero"],
+        "flops_after": r["flops"]["after"],
         "accuracy_after": r["accuracy_after"], "seconds": time.time() - started,
     }
 
@@ -212,7 +214,7 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
     if options.strategy == "uniform":
         rates = Guidance(analysis, cost, search_cfg).uniform(goal, options.metric)
         return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg)}
-    scorer = build_scorer(model, analysis, current, data, prune_options, search_cfg, options.labels, options.device)
+    scorer = build_scorer(model, analysis, current, data, prune_options, search_cfg, options.labels, options.device, cost)
     guidance = Guidance(analysis, cost, search_cfg)
     annealer = Annealer(guidance, scorer, goal, options.metric, search_cfg, checkpoint=round_dir / "search.json",
                         progress=_SearchProgress(options.progress, k, options.rounds))
@@ -226,7 +228,7 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
 
 
 def build_scorer(model, analysis, model_path, data, prune_options: PruneOptions, search_cfg: SearchConfig,
-                 labels: bool | None, device: str) -> OneShotScorer:
+                 labels: bool | None, device: str, cost=None) -> OneShotScorer:
     """The search's energy on `model`: validation, BN-calibration and fine-tune samples carved
     from the round's training data (the validation part is never trained on)."""
     input_shape = analysis.index.shape(analysis.index.input_names[0])
@@ -243,7 +245,7 @@ def build_scorer(model, analysis, model_path, data, prune_options: PruneOptions,
     val_subset = val.sample(search_cfg.eval_images, seed=search_cfg.seed).to(dev)
     calibration = train.sample(128 * search_cfg.bn_batches, seed=search_cfg.seed + 1).to(dev)
     return OneShotScorer(analysis, bridge, Objective(teacher, use_labels=use_labels), val_subset, calibration,
-                         search_cfg, train=train.to(dev))
+                         search_cfg, train=train.to(dev), cost=cost)
 
 
 def _report(model_path, original: onnx.ModelProto, final: onnx.ModelProto, rounds, options, started) -> dict:
@@ -260,7 +262,9 @@ def _report(model_path, original: onnx.ModelProto, final: onnx.ModelProto, round
         "flops": {"before": c0.flops, "after": c1.flops, "reduction": c0.flops / max(c1.flops, 1)},
         "widths": [{"group": g.name, "before": g.width, "after": widths_after.get(g.name)} for g in a0.groups],
         "per_round": [{"round": r["round"], "goal": r["goal"], "params_after": r["params_after"],
-                       "flops_after": r["flops_after"], "accuracy_after": r["accuracy_after"], "rates": r["rates"],
+                       "nonzero_after": r.get("nonzero_after"), "flops_after": r["flops_after"],
+                       "accuracy_after": r["accuracy_after"], "rates": r["rates"],
+                       "column_rates": r.get("column_rates", {}), "layers": r.get("layers", []),
                        "seconds": r["seconds"]} for r in rounds],
         "search": [r["search"] for r in rounds],
         "rounds_detail": [r["prune"] for r in rounds],

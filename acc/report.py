@@ -54,6 +54,10 @@ def _plots(out_dir: Path, report: dict) -> list[str]:
     fig, ax1 = plt.subplots(figsize=(6, 4))
     ks = [0] + [r["round"] for r in rounds]
     ax1.plot(ks, [report["params"]["before"]] + [r["params_after"] for r in rounds], "o-", color="#2d6fb3", label="parameters")
+    nonzero = [r.get("nonzero_after") or r["params_after"] for r in rounds]
+    if nonzero != [r["params_after"] for r in rounds]:
+        ax1.plot(ks, [report["params"]["before"]] + nonzero, "o:", color="#2d6fb3", label="non-zero parameters")
+        ax1.legend(loc="lower left", fontsize=7)
     ax1.set_yscale("log")
     ax1.set_xticks(ks)
     ax1.set_xlabel("round")
@@ -103,10 +107,10 @@ def markdown(report: dict, plots: list[str]) -> str:
              f"Requested: {report['rate_requested']:g}x fewer {report['metric']} in {report['rounds']} rounds; "
              f"{report['seconds']:.0f} s in all.", "", summary_table(report), ""]
     lines += ["## Rounds", ""]
-    lines.append(table(["round", "goal", "parameters", "FLOPs", "accuracy", "seconds"],
-                       [[r["round"], human(r["goal"]), human(r["params_after"]), human(r["flops_after"]),
-                         _acc(r["accuracy_after"].get("test") or r["accuracy_after"].get("val")), f"{r['seconds']:.0f}"]
-                        for r in report["per_round"]], {1, 2, 3, 4, 5}))
+    lines.append(table(["round", "goal", "parameters", "non-zero", "FLOPs", "accuracy", "seconds"],
+                       [[r["round"], human(r["goal"]), human(r["params_after"]), human(r.get("nonzero_after") or r["params_after"]),
+                         human(r["flops_after"]), _acc(r["accuracy_after"].get("test") or r["accuracy_after"].get("val")),
+                         f"{r['seconds']:.0f}"] for r in report["per_round"]], {1, 2, 3, 4, 5, 6}))
     lines += ["", "## Channel groups", ""]
     lines.append(table(["group", "before", "after"], [[w["group"], w["before"], w["after"] if w["after"] is not None else "-"]
                                                       for w in report["widths"]], {1, 2}))
@@ -114,6 +118,18 @@ def markdown(report: dict, plots: list[str]) -> str:
     for r in report["per_round"]:
         shown = ", ".join(f"{k}: {v:.2f}" for k, v in r["rates"].items())
         lines.append(f"- round {r['round']}: {shown}")
+    if any(r.get("column_rates") for r in report["per_round"]):
+        lines += ["", "## Schemes per layer (per round: filter rate of the group it writes / column rate)", ""]
+        layers = [x["layer"] for x in report["per_round"][0]["layers"]]
+        per_round = [{x["layer"]: x for x in r["layers"]} for r in report["per_round"]]
+        rows = []
+        for name in layers:
+            cells = [name]
+            for rr in per_round:
+                x = rr.get(name)
+                cells.append("-" if x is None else f"{x['scheme']} {x['filter_rate']:.2f}/{x['column_rate']:.2f}")
+            rows.append(cells)
+        lines.append(table(["layer"] + [f"round {r['round']}" for r in report["per_round"]], rows))
     lines += ["", "## Search", ""]
     for i, s in enumerate(report["search"], start=1):
         lines.append(f"- round {i}: " + _search_line(s))

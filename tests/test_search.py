@@ -199,3 +199,111 @@ def test_a_lucky_winner_must_win_again_to_replace_uniform_rates(resnet, later, k
     assert annealer.state.start == start.tolist()
     assert annealer.state.confirmation["kept_best"] is keeps_winner
     assert (best.tolist() == start.tolist()) is not keeps_winner
+
+
+# -- column and mixed schemes: searched when the target counts non-zero parameters
+
+
+@pytest.fixture(scope="module")
+def resnet_nonzero(model_path):
+    from acc.prune.search import cost_model
+
+    analysis = analyze(import_model(model_path("resnet20")))
+    return analysis, cost_model(analysis, "nonzero")
+
+
+def test_column_rates_are_searched_only_for_the_nonzero_metric(resnet_nonzero):
+    from acc.prune.rates import column_search_layers
+    from acc.prune.search import cost_model
+
+    analysis, cost = resnet_nonzero
+    layers = column_search_layers(analysis)
+    assert cost.column_names == list(layers) and "/conv1/Conv" not in layers  # the stem reads the image
+    assert cost.size == len(cost.names) + len(layers)
+    assert cost_model(analysis, "params").size == len(cost.names)
+    groups_only = np.concatenate([np.full(len(cost.names), 0.3), np.zeros(len(layers))])
+    with_columns = np.concatenate([np.full(len(cost.names), 0.3), np.full(len(layers), 0.5)])
+    # Column pruning thins weights without changing shapes: it counts for non-zero parameters only.
+    assert cost.params(with_columns) == cost.params(groups_only)
+    assert cost.flops(with_columns) == cost.flops(groups_only)
+    assert cost.nonzero(with_columns) < 0.7 * cost.nonzero(groups_only)
+
+
+@pytest.mark.parametrize("target", [2.0, 8.0, 30.0])
+def test_rescaling_meets_a_nonzero_target(resnet_nonzero, target):
+    analysis, cost = resnet_nonzero
+    guidance = Guidance(analysis, cost, SearchConfig())
+    goal = cost.total("nonzero") / target
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        rates = guidance.rescale(rng.uniform(0.0, 0.9, cost.size), goal, "nonzero")
+        assert cost.measure(rates, "nonzero") == pytest.approx(goal, rel=0.02)
+        assert np.all(rates <= guidance.caps(goal, "nonzero") + 1e-9)
+
+
+def test_column_rates_are_monotone_in_weight_size(resnet_nonzero):
+    analysis, cost = resnet_nonzero
+    from acc.prune.rates import column_search_layers
+
+    guidance = Guidance(analysis, cost, SearchConfig())
+    rates = guidance.order(np.random.default_rng(3).uniform(0, 0.9, cost.size))
+    weights = column_search_layers(analysis)
+    sizes = [analysis.index.array(weights[n]).size for n in cost.column_names]
+    columns = rates[len(cost.names):]
+    for i in range(len(columns)):
+        for j in range(len(columns)):
+            if sizes[i] > sizes[j]:
+                assert columns[i] >= columns[j]
+    assert guidance.mild[len(cost.names) + cost.column_names.index("/fc/Gemm")]  # the classifier's columns
+
+
+def test_filter_and_column_pruning_of_one_weight_compose(tiny):  # noqa: F811
+    """A column rate counts the columns the filter pruning leaves, so the kept fraction of a weight
+    is (1 - filter) x (1 - column), which is what the cost model assumes."""
+    import torch
+
+    from acc.passes.counting import count
+    from acc.prune.bridge import TorchModel
+    from acc.prune.rates import build_constraints, column_search_layers
+    from acc.prune.search import cost_model, to_rates
+
+    analysis = analyze(import_model(tiny))
+    cost = cost_model(analysis, "nonzero")
+    bridge = TorchModel(analysis.model)
+    rates = np.concatenate([np.full(len(cost.names), 0.5), np.full(len(cost.column_names), 0.5)])
+    constraints = build_constraints(analysis, bridge, to_rates(cost, rates), "l1")
+    tensors = bridge.tensors
+    masks = constraints.weight_masks({n: tensors[n] for n in constraints.constrained_names})
+    layers = column_search_layers(analysis)
+    for node in cost.column_names:
+        weight = layers[node]
+        alone = build_constraints(analysis, bridge, to_rates(cost, np.concatenate(
+            [rates[: len(cost.names)], np.zeros(len(cost.column_names))])), "l1")
+        filtered = alone.weight_masks({n: tensors[n] for n in alone.constrained_names})[weight]
+        kept = int(masks[weight].sum())
+        assert kept == pytest.approx(0.5 * int(filtered.sum()), rel=0.1)
+        assert not torch.any(masks[weight] & ~filtered)  # never keeps what the filter mask removed
+    # The cost model's count is the count of the masked graph.
+    with torch.no_grad():
+        for name, mask in constraints.hard_masks({n: tensors[n] for n in constraints.constrained_names}, tensors).items():
+            tensors[name].mul_(mask.to(tensors[name].dtype))
+    assert count(bridge.to_onnx()).nonzero_params == pytest.approx(cost.nonzero(rates), rel=0.02)
+
+
+def test_compile_with_a_nonzero_target_chooses_schemes_per_layer(tiny, tmp_path):  # noqa: F811
+    import onnx
+
+    from acc.passes.counting import count
+
+    out = tmp_path / "nz"
+    result = api.compile(tiny, "3x", DEMO, out, metric="nonzero", **TINY_COMPILE)
+    report = result.report
+    before, final = report["params"]["before"], count(onnx.load(out / "model.onnx"))
+    assert final.nonzero_params == report["params"]["after_nonzero"]
+    # At least the target (near-zero purification may remove more: this tiny model is untrained).
+    assert before / final.nonzero_params >= 3.0 * 0.97
+    assert final.params > final.nonzero_params  # column pruning left zeros in place
+    layers = report["per_round"][-1]["layers"]
+    assert {x["scheme"] for x in layers} & {"column", "mixed"}
+    assert any(x["column_rate"] > 0 for x in layers)
+    assert "## Schemes per layer" in (out / "report.md").read_text()

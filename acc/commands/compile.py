@@ -14,7 +14,9 @@ def register(sub) -> None:
     p.add_argument("--rate", required=True, help="reduction: 30x, 30, or 96.7%% (removed)")
     p.add_argument("--data", required=True, help="training data (packed folder/.npz, image folder, or arrays)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for model.onnx, report.json, report.md, plots")
-    p.add_argument("--metric", choices=["params", "flops"], default="params", help="what --rate counts (default params)")
+    p.add_argument("--metric", choices=["params", "flops", "nonzero"], default="params",
+                   help="what --rate counts: dense parameters (default), FLOPs, or non-zero parameters "
+                   "(the paper's count; the search then also chooses column pruning per layer)")
     p.add_argument("--rounds", type=int, default=3, help="progressive rounds (default 3)")
     p.add_argument("--budget-epochs", type=int, default=4, help="training epochs per round, half ADMM half fine-tuning (default 4)")
     p.add_argument("--search-steps", type=int, default=None, help="annealing steps per round (default: 100 -> 20 at x0.9, 16 steps)")

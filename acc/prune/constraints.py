@@ -4,8 +4,12 @@ Two shapes, both on ONNX initializers seen through the bridge:
 - GroupConstraint: keep `keep` channels of a channel group; a channel's norm is summed over every
   weight that writes or reads it (all members of the group), so coupled layers decide together.
   Projection zeroes the other channels' positions in every weight member. Frozen channels stay.
-- ColumnConstraint: keep `keep` columns of one conv/Gemm weight viewed as W[out, in*kh*kw]
-  (one column = one (in_channel, kh, kw) position across all filters).
+- ColumnConstraint: remove `rate` of the live columns of one conv/Gemm weight viewed as
+  W[out, in*kh*kw] (one column = one (in_channel, kh, kw) position across all filters). A column
+  is live unless a group constraint already removes its input channel, so filter and column
+  pruning of one weight compose: its kept fraction is (1 - filter rate) x (1 - column rate).
+  Columns that are all zero when the constraint is made (pruned by an earlier round) stay zero and
+  are not live: each round prunes a share of what survived the last, never regrows it.
 
 `project` returns Z (same shapes as the given tensors); `support` the boolean keep masks. The
 hard-prune masks of a group constraint also cover biases and BN scale/shift (zeroed as in
@@ -92,25 +96,40 @@ class GroupConstraint:
 
 
 class ColumnConstraint:
-    def __init__(self, name: str, shape: torch.Size, torch_axis_in: int, keep: int, criterion: str = "l2"):
+    def __init__(self, name: str, shape: torch.Size, torch_axis_in: int, rate: float, criterion: str = "l2",
+                 initial: torch.Tensor | None = None):
+        """`initial`: the weight as the run starts; its all-zero columns are retired for good."""
         self.criterion = criterion
         self.name = name
+        self.rate = float(rate)
         self.in_axis = torch_axis_in  # torch axis of the input channels (1 for conv, 1 or 0 for Linear)
         self.shape = tuple(shape)
         out_axis = 0 if torch_axis_in != 0 else 1
         self.out_axis = out_axis
         self.columns = int(np.prod(self.shape)) // self.shape[out_axis]
-        self.keep = max(1, min(int(keep), self.columns))
+        self.retired = torch.zeros(self.columns, dtype=torch.bool)
+        if initial is not None:
+            self.retired = ~self._as_matrix(initial.detach()).ne(0).any(0).cpu()
 
     def _as_matrix(self, t: torch.Tensor) -> torch.Tensor:
         return t.transpose(0, self.out_axis).reshape(t.shape[self.out_axis], -1)
 
-    def kept_columns(self, t: torch.Tensor) -> torch.Tensor:
+    def kept_columns(self, t: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool [columns]: the live columns (all, or those `live` marks) minus `rate` of them, smallest norms first."""
         m = self._as_matrix(t.detach())
         norms = (m.abs() if self.criterion == "l1" else m.pow(2)).sum(0).cpu()
+        live = torch.ones(self.columns, dtype=torch.bool) if live is None else live.cpu()
+        live = live & ~self.retired
+        n_live = int(live.sum())
+        keep = max(1, n_live - round(self.rate * n_live)) if n_live else 0
+        norms = torch.where(live, norms.double(), torch.tensor(-1.0, dtype=torch.float64))
         kept = torch.zeros(self.columns, dtype=torch.bool)
-        kept[torch.argsort(norms, descending=True, stable=True)[: self.keep]] = True
+        kept[torch.argsort(norms, descending=True, stable=True)[:keep]] = True
         return kept
+
+    def live_columns(self, group_mask: torch.Tensor) -> torch.Tensor:
+        """Columns that a group constraint's keep-mask of this weight leaves in some kept filter."""
+        return self._as_matrix(group_mask).any(0).cpu()
 
     def mask(self, kept_columns: torch.Tensor) -> torch.Tensor:
         """Bool mask of the weight's torch shape."""
@@ -155,7 +174,9 @@ class ConstraintSet:
                     masks[name] = masks[name] & m if name in masks else m
         for c in self.columns:
             if c.name in tensors:
-                m = c.mask(c.kept_columns(tensors[c.name])).to(tensors[c.name].device)
+                t = tensors[c.name]
+                live = c.live_columns(masks[c.name]) if c.name in masks else None
+                m = c.mask(c.kept_columns(t * masks[c.name] if c.name in masks else t, live)).to(t.device)
                 masks[c.name] = masks[c.name] & m if c.name in masks else m
         return masks
 

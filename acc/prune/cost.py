@@ -1,5 +1,10 @@
 """Parameters and FLOPs as a function of per-group pruning rates, without rewriting the graph.
 
+A rate vector holds one filter rate per prunable channel group and, when the cost model is built
+with `columns`, one column rate per column layer after them. Column pruning zeroes weights without
+changing shapes, so it counts only for the "nonzero" metric (non-zero parameters, the paper's
+count); "params" (dense parameters) and "flops" read the group rates alone.
+
 Each parameter initializer is a product of its axes; an axis whose positions follow channel groups
 keeps the positions of the channels kept. Channel counts follow the same rounding as the plans
 (`kept_channels`), so the estimate matches the rewritten graph up to channels that a group shares
@@ -22,8 +27,12 @@ def kept_channels(width: int, prunable: int, rate: float) -> int:
     return width - max(removed, 0)
 
 
+METRICS = ("params", "flops", "nonzero")
+
+
 class CostModel:
-    def __init__(self, analysis: Analysis):
+    def __init__(self, analysis: Analysis, columns: dict[str, str] | None = None):
+        """`columns`: column layer (node name) -> its weight initializer, searched after the groups."""
         self.groups = analysis.prunable_groups
         self.names = [g.name for g in self.groups]
         self.widths = np.array([g.width for g in self.groups])
@@ -48,34 +57,65 @@ class CostModel:
                     per_group[gi] += 1
             axes.setdefault(m.initializer, {})[m.axis] = (per_group, len(m.layout))
         self.param_terms = [(analysis.index.array(n).size, axes.get(n, {})) for n in params]
+        self.column_names = list(columns or {})
+        column_of = {init: i for i, init in enumerate((columns or {}).values())}
+        # Per parameter term: which column rate thins it (-1: none); a weight is shared by one layer.
+        self.param_columns = np.array([column_of.get(n, -1) for n in params])
+        # Zero columns of an earlier round stay zero: a column rate thins what is still non-zero.
+        self.column_density = np.array([np.count_nonzero(a) / max(a.size, 1) for a in
+                                        (analysis.index.array(init) for init in (columns or {}).values())])
+        self.nonzero_total = counts.nonzero_params
         weight_of = {}
         for m in analysis.members:
             if m.role in WEIGHT_ROLES:
                 weight_of.setdefault(m.node, m.initializer)
         self.flop_terms = [(f, axes.get(weight_of.get(node), {})) for node, f in counts.node_flops.items() if f]
 
+    @property
+    def size(self) -> int:
+        """Length of a rate vector: groups, then column layers."""
+        return len(self.names) + len(self.column_names)
+
+    def split(self, rates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rates = np.asarray(rates, dtype=float)
+        g = len(self.names)
+        columns = rates[g:] if len(rates) > g else np.zeros(len(self.column_names))
+        return rates[:g], columns
+
     def keep_fractions(self, rates: np.ndarray) -> np.ndarray:
-        kept = np.array([kept_channels(w, p, r) for w, p, r in zip(self.widths, self.prunable, rates)])
+        group_rates, _ = self.split(rates)
+        kept = np.array([kept_channels(w, p, r) for w, p, r in zip(self.widths, self.prunable, group_rates)])
         return kept / self.widths
 
     @staticmethod
-    def _sum(terms, frac) -> float:
-        total = 0.0
-        for size, axes in terms:
+    def _terms(terms, frac) -> np.ndarray:
+        values = np.empty(len(terms))
+        for i, (size, axes) in enumerate(terms):
             value = float(size)
             for per_group, n in axes.values():
                 value *= (n - per_group.sum() + per_group @ frac) / n
-            total += value
-        return total
+            values[i] = value
+        return values
 
     def params(self, rates: np.ndarray) -> float:
-        return self._sum(self.param_terms, self.keep_fractions(rates))
+        return float(self._terms(self.param_terms, self.keep_fractions(rates)).sum())
+
+    def nonzero(self, rates: np.ndarray) -> float:
+        """Dense parameters after filter pruning; each column layer's weight thinned to its non-zero
+        share now, times (1 - its column rate)."""
+        dense = self._terms(self.param_terms, self.keep_fractions(rates))
+        _, column_rates = self.split(rates)
+        thinned = self.param_columns >= 0
+        which = self.param_columns[thinned]
+        dense[thinned] *= self.column_density[which] * (1.0 - column_rates[which])
+        return float(dense.sum())
 
     def flops(self, rates: np.ndarray) -> float:
-        return self._sum(self.flop_terms, self.keep_fractions(rates))
+        return float(self._terms(self.flop_terms, self.keep_fractions(rates)).sum())
 
     def measure(self, rates: np.ndarray, metric: str) -> float:
-        return self.params(rates) if metric == "params" else self.flops(rates)
+        return {"params": self.params, "flops": self.flops, "nonzero": self.nonzero}[metric](rates)
 
     def total(self, metric: str) -> float:
-        return float(self.params_total if metric == "params" else self.flops_total)
+        """The model's own count: dense or non-zero parameters, or FLOPs."""
+        return float({"params": self.params_total, "flops": self.flops_total, "nonzero": self.nonzero_total}[metric])

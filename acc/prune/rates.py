@@ -3,6 +3,8 @@
 A rate is the fraction removed. Schemes (AutoCompress part 1):
 - filter: a channel group loses `rate` of its channels (filters of its producers, channels of its readers);
 - column: a conv/Gemm weight loses `rate` of its columns (in_channel x kh x kw positions), shape kept;
+  with filter pruning too, `rate` of the columns its input channels still have; columns that are
+  already all zero stay zero and `rate` is a share of the others (progressive rounds never regrow);
 - mixed: both, each at 1 - sqrt(1 - rate), so the kept fraction of a weight is about 1 - rate.
 
 Rates JSON: {"groups": {"<group name>": 0.5, ...}, "columns": {"<conv node name>": 0.3, ...}};
@@ -19,9 +21,10 @@ from pathlib import Path
 
 from acc.errors import InputError
 from acc.passes.analysis import Analysis
-from acc.passes.channels import IN_WEIGHT
+from acc.passes.channels import DW_WEIGHT, IN_WEIGHT, OUT_WEIGHT
 from acc.prune.bridge import TorchModel
 from acc.prune.constraints import ColumnConstraint, ConstraintSet, GroupConstraint
+from acc.prune.cost import kept_channels
 
 SCHEMES = ("filter", "column", "mixed")
 
@@ -60,6 +63,28 @@ def column_layers(analysis: Analysis) -> dict[str, str]:
     return layers
 
 
+def column_search_layers(analysis: Analysis) -> dict[str, str]:
+    """Column layers the search and uniform rates may thin: all but those reading a graph input."""
+    stem = _stem_layers(analysis)
+    return {n: init for n, init in column_layers(analysis).items() if n not in stem}
+
+
+def layer_schemes(analysis: Analysis, rates: Rates) -> list[dict]:
+    """Per conv/Gemm layer: the filter rate of the group it writes, its column rate, and the scheme."""
+    group_of_member = {mi: g.name for g in analysis.prunable_groups for mi in g.members}
+    written = {}
+    for mi, m in enumerate(analysis.members):
+        if m.role in (OUT_WEIGHT, DW_WEIGHT) and mi in group_of_member:
+            written.setdefault(m.node, group_of_member[mi])
+    out = []
+    for node in column_layers(analysis):
+        f = rates.groups.get(written.get(node), 0.0)
+        c = rates.columns.get(node, 0.0)
+        scheme = "mixed" if f > 0 and c > 0 else "filter" if f > 0 else "column" if c > 0 else "none"
+        out.append({"layer": node, "group": written.get(node), "filter_rate": f, "column_rate": c, "scheme": scheme})
+    return out
+
+
 def load_rates(path: str | os.PathLike, analysis: Analysis) -> Rates:
     p = Path(path)
     if not p.is_file():
@@ -95,8 +120,7 @@ def uniform_rates(analysis: Analysis, rate: float, scheme: str = "filter") -> Ra
     if scheme in ("filter", "mixed"):
         rates.groups = {g.name: each for g in analysis.prunable_groups}
     if scheme in ("column", "mixed"):
-        frozen_readers = _stem_layers(analysis)
-        rates.columns = {n: each for n in column_layers(analysis) if n not in frozen_readers}
+        rates.columns = {n: each for n in column_search_layers(analysis)}
     return rates
 
 
@@ -110,18 +134,17 @@ def build_constraints(analysis: Analysis, bridge: TorchModel, rates: Rates, crit
     groups = []
     for name, rate in rates.groups.items():
         g = analysis.group(name)
-        if rate > 0:
-            groups.append(GroupConstraint(analysis, bridge, name, g.width - round(rate * g.width), criterion))
+        keep = kept_channels(g.width, len(g.prunable), rate)
+        if keep < g.width:
+            groups.append(GroupConstraint(analysis, bridge, name, keep, criterion))
     columns = []
-    layers = column_layers(analysis)
-    for node_name, rate in rates.columns.items():
-        init = layers[node_name]
+    for node_name, init in column_layers(analysis).items():
         view = bridge.views.get(init)
-        if view is None or rate <= 0:
+        if view is None:
             continue
         member = next(m for m in analysis.members if m.node == node_name and m.role == IN_WEIGHT)
-        in_axis = view.torch_axis(member.axis)
-        c = ColumnConstraint(init, view.tensor.shape, in_axis, 0, criterion)
-        c.keep = max(1, c.columns - round(rate * c.columns))
-        columns.append(c)
+        c = ColumnConstraint(init, view.tensor.shape, view.torch_axis(member.axis), rates.columns.get(node_name, 0.0),
+                             criterion, initial=view.tensor)
+        if c.rate > 0 or bool(c.retired.any()):  # zero columns from an earlier round stay zero
+            columns.append(c)
     return ConstraintSet(groups, columns)

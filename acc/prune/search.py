@@ -1,13 +1,16 @@
 """Automatic per-layer rates: simulated annealing with experience-based guidance (AutoCompress part 4).
 
-- State: one filter-pruning rate per prunable channel group.
+- State: one filter-pruning rate per prunable channel group and, when the target counts non-zero
+  parameters (metric "nonzero", the paper's count), one column-pruning rate per conv/Gemm layer
+  after them. A layer's scheme follows from its two rates: filter, column, or both (mixed). With a
+  dense target (params, flops) column pruning would not count, so only filter rates are searched.
 - Guidance (experience): a group that holds more parameters never gets a lower rate than a smaller
-  one (rates are sorted onto groups by size), groups that the first conv writes or the classifier
-  reads stay mild (rate capped, see Guidance), and every candidate is rescaled to meet the round's
-  target exactly. The search starts from uniform rates and returns the lowest-energy candidate if
+  one (rates are sorted onto groups by size; column rates onto layers by weight size), groups that
+  the first conv writes or the classifier reads, and the classifier's columns, stay mild (rate
+  capped, see Guidance), and every candidate is rescaled to meet the round's target exactly. The search starts from uniform rates and returns the lowest-energy candidate if
   it still beats them when both are scored again with other seeds (Annealer._confirm).
 - Energy: validation loss of a cheap evaluation, scaled by `energy_scale`: one-shot L1 channel
-  pruning to the candidate's structure, BatchNorm statistics re-estimated on a few batches, then
+  (and column) pruning to the candidate's structure, BatchNorm statistics re-estimated on a few batches, then
   `finetune_steps` masked SGD steps (the same seeded batches for every candidate, so candidates are
   compared on equal terms), loss on a fixed validation subset. Never an ADMM run per candidate.
   Scores are cached by structure. One-shot pruning leaves every candidate near chance and ranks them
@@ -35,9 +38,9 @@ from acc import atomic
 from acc.passes.analysis import Analysis
 from acc.passes.summary import group_holdings
 from acc.prune.admm import TrainConfig, cosine_lr, sgd
-from acc.prune.constraints import ConstraintSet, GroupConstraint
 from acc.prune.cost import CostModel, kept_channels
 from acc.prune.objective import evaluate, first_output
+from acc.prune.rates import Rates, build_constraints, column_search_layers
 
 
 @dataclass
@@ -91,21 +94,31 @@ class Guidance:
         self.cost = cost
         self.config = config
         held = group_holdings(analysis)
-        self.size_order = sorted(range(len(cost.names)), key=lambda i: (held[cost.names[i]][0], cost.names[i]))
-        self.mild = np.array([name in mild_groups(analysis) for name in cost.names])
+        g = len(cost.names)
+        self.group_order = sorted(range(g), key=lambda i: (held[cost.names[i]][0], cost.names[i]))
+        weights = dict(column_search_layers(analysis))
+        size = {n: analysis.index.array(weights[n]).size for n in cost.column_names}
+        self.column_order = [g + i for i in sorted(range(len(cost.column_names)),
+                                                   key=lambda i: (size[cost.column_names[i]], cost.column_names[i]))]
+        _, last = first_and_last_layers(analysis)
+        self.mild = np.array([name in mild_groups(analysis) for name in cost.names]
+                             + [name in last for name in cost.column_names], dtype=bool)
         self._uniform: dict[tuple[float, str], float] = {}
 
     def order(self, rates: np.ndarray) -> np.ndarray:
-        """Same multiset of rates, non-decreasing with the parameters a group holds."""
+        """Same multisets of rates, non-decreasing with the parameters a group holds (filter rates)
+        and with the size of a layer's weight (column rates)."""
         out = np.empty_like(rates)
-        out[self.size_order] = np.sort(rates)
+        for order in (self.group_order, self.column_order):
+            if order:
+                out[order] = np.sort(rates[order])
         return out
 
     def uniform_rate(self, target: float, metric: str) -> float:
         """The one rate for every group that meets `target` (bisection); max_rate if none does."""
         key = (float(target), metric)
         if key not in self._uniform:
-            n = len(self.cost.names)
+            n = self.cost.size
             lo, hi = 0.0, self.config.max_rate
             for _ in range(50):
                 mid = (lo + hi) / 2
@@ -117,7 +130,7 @@ class Guidance:
         return self._uniform[key]
 
     def uniform(self, target: float, metric: str) -> np.ndarray:
-        return np.full(len(self.cost.names), self.uniform_rate(target, metric))
+        return np.full(self.cost.size, self.uniform_rate(target, metric))
 
     def caps(self, target: float | None = None, metric: str = "params") -> np.ndarray:
         mild = self.config.mild_rate
@@ -148,11 +161,34 @@ class Guidance:
                 lo = mid
             else:
                 hi = mid
-        return np.minimum(rates * hi, caps)
+        return self._settle_columns(np.minimum(rates * hi, caps), target, metric)
+
+    def _settle_columns(self, rates: np.ndarray, target: float, metric: str) -> np.ndarray:
+        """Filter rates move the count in whole channels and can overshoot the target; column rates
+        are continuous, so ease them all by one factor until the count meets the target."""
+        g = len(self.cost.names)
+        if metric != "nonzero" or len(rates) == g or not np.any(rates[g:] > 0):
+            return rates
+
+        def with_factor(f):
+            out = rates.copy()
+            out[g:] *= f
+            return out
+
+        lo, hi = 0.0, 1.0  # measure(with_factor(hi)) <= target holds at 1
+        if self.cost.measure(with_factor(lo), metric) <= target:
+            return with_factor(lo)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.cost.measure(with_factor(mid), metric) > target:
+                lo = mid
+            else:
+                hi = mid
+        return with_factor(hi)
 
 
-def mild_groups(analysis: Analysis) -> set[str]:
-    """Groups written by a layer that reads a graph input, or read by the layer producing an output."""
+def first_and_last_layers(analysis: Analysis) -> tuple[set[str], set[str]]:
+    """Nodes reading a graph input; conv/Gemm/MatMul nodes producing a graph output (the classifier)."""
     inputs = set(analysis.index.input_names)
     outputs = set(analysis.index.output_names)
     first = {n.name for n in analysis.model.graph.node if n.input and n.input[0] in inputs}
@@ -160,6 +196,12 @@ def mild_groups(analysis: Analysis) -> set[str]:
     for node in analysis.model.graph.node:
         if node.op_type in ("Gemm", "MatMul", "Conv") and any(o in outputs for o in node.output):
             last.add(node.name)
+    return first, last
+
+
+def mild_groups(analysis: Analysis) -> set[str]:
+    """Groups written by a layer that reads a graph input, or read by the layer producing an output."""
+    first, last = first_and_last_layers(analysis)
     names = set()
     for g in analysis.prunable_groups:
         member_nodes = {analysis.members[mi].node for mi in g.members}
@@ -168,18 +210,31 @@ def mild_groups(analysis: Analysis) -> set[str]:
     return names
 
 
+def cost_model(analysis: Analysis, metric: str) -> CostModel:
+    """The search's cost model: column rates are searched only when the metric counts them."""
+    return CostModel(analysis, column_search_layers(analysis) if metric == "nonzero" else None)
+
+
+def to_rates(cost: CostModel, rates: np.ndarray) -> Rates:
+    """A rate vector as named group and column rates (zero rates left out)."""
+    group_rates, column_rates = cost.split(rates)
+    return Rates(groups={n: float(r) for n, r in zip(cost.names, group_rates) if r > 0},
+                 columns={n: float(r) for n, r in zip(cost.column_names, column_rates) if r > 0})
+
+
 def max_reduction(analysis: Analysis, metric: str, config: SearchConfig | None = None) -> float:
-    """The largest reduction the searchable structure reaches (every group at max_rate)."""
+    """The largest reduction the searchable structure reaches (every rate at max_rate)."""
     config = config or SearchConfig()
-    cost = CostModel(analysis)
-    return cost.total(metric) / cost.measure(np.full(len(cost.names), config.max_rate), metric)
+    cost = cost_model(analysis, metric)
+    return cost.total(metric) / cost.measure(np.full(cost.size, config.max_rate), metric)
 
 
 class OneShotScorer:
     """Energy of a candidate: one-shot L1 pruning, BN re-estimation, a short masked fine-tune on
     `train` (when config.finetune_steps > 0), validation loss."""
 
-    def __init__(self, analysis: Analysis, bridge, objective, val, calibration, config: SearchConfig, train=None):
+    def __init__(self, analysis: Analysis, bridge, objective, val, calibration, config: SearchConfig, train=None,
+                 cost: CostModel | None = None):
         self.analysis = analysis
         self.bridge = bridge
         self.objective = objective
@@ -187,20 +242,21 @@ class OneShotScorer:
         self.calibration = calibration
         self.config = config
         self.train = train
-        self.cost = CostModel(analysis)
+        self.cost = cost or CostModel(analysis)
         self.original = {k: v.detach().clone() for k, v in bridge.module.state_dict().items()}
 
     def keep_counts(self, rates: np.ndarray) -> tuple:
-        return tuple(kept_channels(w, p, r) for w, p, r in zip(self.cost.widths, self.cost.prunable, rates))
+        """The structure a rate vector stands for (channels kept per group, per-mille column rates): the cache key."""
+        group_rates, column_rates = self.cost.split(rates)
+        kept = [kept_channels(w, p, r) for w, p, r in zip(self.cost.widths, self.cost.prunable, group_rates)]
+        return tuple(kept) + tuple(int(round(1000 * r)) for r in column_rates[: len(self.cost.column_names)])
 
     @torch.no_grad()
     def energy(self, rates: np.ndarray, seed_offset: int = 0) -> float:
         """`seed_offset` draws other calibration crops and fine-tune batches (a second opinion)."""
         module = self.bridge.module
         module.load_state_dict(self.original)
-        groups = [GroupConstraint(self.analysis, self.bridge, name, k, "l1")
-                  for name, k, w in zip(self.cost.names, self.keep_counts(rates), self.cost.widths) if k < w]
-        constraints = ConstraintSet(groups, [])
+        constraints = build_constraints(self.analysis, self.bridge, to_rates(self.cost, rates), "l1")
         tensors = self.bridge.tensors
         masks = constraints.hard_masks({n: tensors[n] for n in constraints.constrained_names}, tensors)
         masks = {name: mask.to(tensors[name].dtype) for name, mask in masks.items()}
