@@ -307,3 +307,19 @@ def test_compile_with_a_nonzero_target_chooses_schemes_per_layer(tiny, tmp_path)
     assert {x["scheme"] for x in layers} & {"column", "mixed"}
     assert any(x["column_rate"] > 0 for x in layers)
     assert "## Schemes per layer" in (out / "report.md").read_text()
+
+
+def test_zero_columns_from_an_earlier_round_stay_zero_and_the_rate_counts_the_rest():
+    import torch
+
+    from acc.prune.constraints import ColumnConstraint, ConstraintSet
+
+    torch.manual_seed(0)
+    weight = torch.randn(8, 4, 3, 3) + 3.0
+    weight[:, 1] = 0.0  # 9 columns (one input channel) pruned before
+    weight[:, 2, 0, 0] = 0.0  # and one more column
+    for rate, kept in ((0.0, 26), (0.5, 13)):
+        c = ColumnConstraint("w", weight.shape, 1, rate, "l1", initial=weight)
+        regrown = weight + 1.0  # training moved every weight, the pruned ones too
+        mask = ConstraintSet([], [c]).weight_masks({"w": regrown})["w"]
+        assert int(mask[0].sum()) == kept and not mask[:, 1].any() and not mask[:, 2, 0, 0].any()
