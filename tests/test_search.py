@@ -323,3 +323,42 @@ def test_zero_columns_from_an_earlier_round_stay_zero_and_the_rate_counts_the_re
         regrown = weight + 1.0  # training moved every weight, the pruned ones too
         mask = ConstraintSet([], [c]).weight_masks({"w": regrown})["w"]
         assert int(mask[0].sum()) == kept and not mask[:, 1].any() and not mask[:, 2, 0, 0].any()
+
+
+def test_nonzero_count_follows_where_earlier_zeros_sit(tiny):  # noqa: F811
+    """After a column round the zeros sit in low-norm channels, which filter pruning removes first:
+    the cost model counts the non-zeros of the channels that stay, not an average density."""
+    import torch
+    from onnx import numpy_helper
+
+    from acc.passes.counting import count
+    from acc.prune.bridge import TorchModel
+    from acc.prune.rates import build_constraints
+    from acc.prune.search import cost_model, to_rates
+
+    model = import_model(tiny)
+    rng = np.random.default_rng(0)
+    for i, t in enumerate(model.graph.initializer):
+        w = numpy_helper.to_array(t).copy()
+        if w.ndim == 4 and w.shape[1] > 3:  # the two inner convs: thin 12 input channels to 1 column in 9
+            for ch in rng.choice(w.shape[1], 12, replace=False):
+                w[:, ch, :2, :] = 0.0
+                w[:, ch, 2, 1:] = 0.0
+        if w.ndim == 1:
+            w = w + 0.1  # BatchNorm shifts start at 0: make every other parameter count as non-zero
+        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
+    analysis = analyze(model)
+    cost = cost_model(analysis, "nonzero")
+    average = cost_model(analysis, "nonzero")
+    average.column_counters = [None] * len(average.column_counters)
+    rates = np.concatenate([np.full(len(cost.names), 0.4), np.full(len(cost.column_names), 0.25)])
+    bridge = TorchModel(analysis.model)
+    constraints = build_constraints(analysis, bridge, to_rates(cost, rates), "l2")
+    tensors = bridge.tensors
+    with torch.no_grad():
+        for name, mask in constraints.hard_masks({n: tensors[n] for n in constraints.constrained_names}, tensors).items():
+            tensors[name].mul_(mask.to(tensors[name].dtype))
+    real = count(bridge.to_onnx()).nonzero_params
+    assert cost.nonzero(rates) == pytest.approx(real, rel=0.01)
+    assert abs(average.nonzero(rates) - real) > 3 * abs(cost.nonzero(rates) - real)
+    assert cost.nonzero(np.zeros(cost.size)) == count(model).nonzero_params

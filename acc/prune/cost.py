@@ -19,6 +19,7 @@ import numpy as np
 from acc.passes.analysis import Analysis
 from acc.passes.channels import WEIGHT_ROLES
 from acc.passes.counting import count, parameter_names
+from acc.prune.nonzero import channel_ranks, weight_nonzeros
 
 
 def kept_channels(width: int, prunable: int, rate: float) -> int:
@@ -62,8 +63,11 @@ class CostModel:
         # Per parameter term: which column rate thins it (-1: none); a weight is shared by one layer.
         self.param_columns = np.array([column_of.get(n, -1) for n in params])
         # Zero columns of an earlier round stay zero: a column rate thins what is still non-zero.
+        # Exact counters where the weight's axes each follow one group, else the average density.
         self.column_density = np.array([np.count_nonzero(a) / max(a.size, 1) for a in
                                         (analysis.index.array(init) for init in (columns or {}).values())])
+        ranks = channel_ranks(analysis) if columns else {}
+        self.column_counters = [weight_nonzeros(analysis, init, index, ranks) for init in (columns or {}).values()]
         self.nonzero_total = counts.nonzero_params
         weight_of = {}
         for m in analysis.members:
@@ -101,13 +105,18 @@ class CostModel:
         return float(self._terms(self.param_terms, self.keep_fractions(rates)).sum())
 
     def nonzero(self, rates: np.ndarray) -> float:
-        """Dense parameters after filter pruning; each column layer's weight thinned to its non-zero
-        share now, times (1 - its column rate)."""
+        """Dense parameters after filter pruning; each column layer's weight counted by the non-zeros
+        its kept channels hold now (see acc.prune.nonzero), times (1 - its column rate)."""
         dense = self._terms(self.param_terms, self.keep_fractions(rates))
-        _, column_rates = self.split(rates)
-        thinned = self.param_columns >= 0
-        which = self.param_columns[thinned]
-        dense[thinned] *= self.column_density[which] * (1.0 - column_rates[which])
+        group_rates, column_rates = self.split(rates)
+        kept = np.array([kept_channels(w, p, r) for w, p, r in zip(self.widths, self.prunable, group_rates)])
+        for term, layer in enumerate(self.param_columns):
+            if layer >= 0:
+                counter = self.column_counters[layer]
+                if counter:
+                    dense[term] = counter.kept(kept, column_rates[layer])
+                else:
+                    dense[term] *= self.column_density[layer] * (1.0 - column_rates[layer])
         return float(dense.sum())
 
     def flops(self, rates: np.ndarray) -> float:
