@@ -125,7 +125,8 @@ def compile_model(model_path, data, out_dir, options: CompileOptions, log=print)
     reachable = max_reduction(analysis, options.metric, options.search)
     if options.rate > reachable:
         raise InputError(f"--rate {options.rate:g}x is out of reach for this graph: the most it can reach is "
-                         f"{reachable:.1f}x fewer {options.metric} (every prunable group at {options.search.max_rate:.0%})")
+                         f"{reachable:.1f}x fewer {options.metric} (every prunable group"
+                         f"{' and column layer' if options.metric == 'nonzero' else ''} at {options.search.max_rate:.0%})")
     if not Path(data).exists():
         raise InputError(f"dataset not found: {data}")
     state_dir = out_dir / "state"

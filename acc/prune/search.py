@@ -7,11 +7,12 @@
 - Guidance (experience): a group that holds more parameters never gets a lower rate than a smaller
   one (rates are sorted onto groups by size; column rates onto layers by weight size), groups that
   the first conv writes or the classifier reads, and the classifier's columns, stay mild (rate
-  capped, see Guidance), and every candidate is rescaled to meet the round's target exactly. The search starts from uniform rates and returns the lowest-energy candidate if
-  it still beats them when both are scored again with other seeds (Annealer._confirm).
+  capped, see Guidance), and every candidate is rescaled to meet the round's target exactly. The
+  search starts from uniform rates and returns the lowest-energy candidate if it still beats them
+  when both are scored again with other seeds (Annealer._confirm).
 - Energy: validation loss of a cheap evaluation, scaled by `energy_scale`: one-shot L1 channel
-  (and column) pruning to the candidate's structure, BatchNorm statistics re-estimated on a few batches, then
-  `finetune_steps` masked SGD steps (the same seeded batches for every candidate, so candidates are
+  (and column) pruning to the candidate's structure, BatchNorm statistics re-estimated on a few
+  batches, then `finetune_steps` masked SGD steps (the same seeded batches for every candidate, so candidates are
   compared on equal terms), loss on a fixed validation subset. Never an ADMM run per candidate.
   Scores are cached by structure. One-shot pruning leaves every candidate near chance and ranks them
   against their trained accuracy (Spearman -0.81 on ResNet-20 at a 2x round); 50 steps with the
