@@ -148,6 +148,8 @@ def _search_line(s: dict) -> str:
     if c:
         verdict = "kept the best" if c["kept_best"] else "fell back to uniform rates"
         text += f"; re-scored with {len(c['best_energies']) - 1} more seeds: {verdict}"
+        if "mean_difference" in c:
+            text += f" (best - uniform: {c['mean_difference']:.0f} ± {c['standard_error']:.0f})"
     return text
 
 
