@@ -17,30 +17,20 @@ import numpy as np
 
 from acc.passes.analysis import Analysis
 from acc.passes.channels import IN_WEIGHT, WEIGHT_ROLES
+from acc.passes.oneshot import channel_norms
 
 
 def channel_ranks(analysis: Analysis) -> dict[str, np.ndarray]:
     """Group name -> rank of each channel (0 = kept first): frozen channels, then by L2 norm."""
-    find = analysis.elements.find
     ranks = {}
-    for g in analysis.prunable_groups:
-        channel_of = analysis.channel_of_root(g)
-        scores = np.zeros(g.width)
-        for mi in g.members:
-            m = analysis.members[mi]
-            if m.role not in WEIGHT_ROLES:
-                continue
-            arr = np.asarray(analysis.index.array(m.initializer), dtype=np.float64)
-            per_pos = (np.moveaxis(arr, m.axis, 0).reshape(arr.shape[m.axis], -1) ** 2).sum(1)
-            for pos, e in enumerate(m.layout.tolist()):
-                ch = channel_of.get(find(e)) if e >= 0 else None
-                if ch is not None:
-                    scores[ch] += per_pos[pos]
+    for name, norms in channel_norms(analysis, "l2").items():
+        g = analysis.group(name)
+        scores = norms.copy()
         scores[[why is not None for why in g.frozen]] = np.inf
         order = np.argsort(-scores, kind="stable")
         rank = np.empty(g.width, dtype=np.int64)
         rank[order] = np.arange(g.width)
-        ranks[g.name] = rank
+        ranks[name] = rank
     return ranks
 
 
