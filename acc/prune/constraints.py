@@ -174,10 +174,12 @@ class ConstraintSet:
                     masks[name] = masks[name] & m if name in masks else m
         for c in self.columns:
             if c.name in tensors:
-                t = tensors[c.name]
-                live = c.live_columns(masks[c.name]) if c.name in masks else None
-                m = c.mask(c.kept_columns(t * masks[c.name] if c.name in masks else t, live)).to(t.device)
-                masks[c.name] = masks[c.name] & m if c.name in masks else m
+                t, group_mask = tensors[c.name], masks.get(c.name)
+                if group_mask is None:
+                    masks[c.name] = c.mask(c.kept_columns(t)).to(t.device)
+                else:
+                    kept = c.kept_columns(t * group_mask, c.live_columns(group_mask))
+                    masks[c.name] = group_mask & c.mask(kept).to(t.device)
         return masks
 
     def project(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ import numpy as np
 from acc.passes.analysis import Analysis
 from acc.passes.channels import WEIGHT_ROLES
 from acc.passes.counting import count, parameter_names
-from acc.prune.nonzero import channel_ranks, weight_nonzeros
+from acc.prune.nonzero import column_counters
 
 
 def kept_channels(width: int, prunable: int, rate: float) -> int:
@@ -58,16 +58,16 @@ class CostModel:
                     per_group[gi] += 1
             axes.setdefault(m.initializer, {})[m.axis] = (per_group, len(m.layout))
         self.param_terms = [(analysis.index.array(n).size, axes.get(n, {})) for n in params]
-        self.column_names = list(columns or {})
-        column_of = {init: i for i, init in enumerate((columns or {}).values())}
+        self.column_weights = dict(columns or {})  # column layer -> its weight initializer
+        self.column_names = list(self.column_weights)
+        column_of = {init: i for i, init in enumerate(self.column_weights.values())}
         # Per parameter term: which column rate thins it (-1: none); a weight is shared by one layer.
         self.param_columns = np.array([column_of.get(n, -1) for n in params])
         # Zero columns of an earlier round stay zero: a column rate thins what is still non-zero.
         # Exact counters where the weight's axes each follow one group, else the average density.
         self.column_density = np.array([np.count_nonzero(a) / max(a.size, 1) for a in
-                                        (analysis.index.array(init) for init in (columns or {}).values())])
-        ranks = channel_ranks(analysis) if columns else {}
-        self.column_counters = [weight_nonzeros(analysis, init, index, ranks) for init in (columns or {}).values()]
+                                        (analysis.index.array(init) for init in self.column_weights.values())])
+        self.column_counters = column_counters(analysis, list(self.column_weights.values()), index)
         self.nonzero_total = counts.nonzero_params
         weight_of = {}
         for m in analysis.members:
@@ -86,10 +86,13 @@ class CostModel:
         columns = rates[g:] if len(rates) > g else np.zeros(len(self.column_names))
         return rates[:g], columns
 
-    def keep_fractions(self, rates: np.ndarray) -> np.ndarray:
+    def kept_counts(self, rates: np.ndarray) -> np.ndarray:
+        """Channels each group keeps at the vector's filter rates."""
         group_rates, _ = self.split(rates)
-        kept = np.array([kept_channels(w, p, r) for w, p, r in zip(self.widths, self.prunable, group_rates)])
-        return kept / self.widths
+        return np.array([kept_channels(w, p, r) for w, p, r in zip(self.widths, self.prunable, group_rates)])
+
+    def keep_fractions(self, rates: np.ndarray) -> np.ndarray:
+        return self.kept_counts(rates) / self.widths
 
     @staticmethod
     def _terms(terms, frac) -> np.ndarray:
@@ -107,9 +110,9 @@ class CostModel:
     def nonzero(self, rates: np.ndarray) -> float:
         """Dense parameters after filter pruning; each column layer's weight counted by the non-zeros
         its kept channels hold now (see acc.prune.nonzero), times (1 - its column rate)."""
-        dense = self._terms(self.param_terms, self.keep_fractions(rates))
-        group_rates, column_rates = self.split(rates)
-        kept = np.array([kept_channels(w, p, r) for w, p, r in zip(self.widths, self.prunable, group_rates)])
+        kept = self.kept_counts(rates)
+        dense = self._terms(self.param_terms, kept / self.widths)
+        _, column_rates = self.split(rates)
         for term, layer in enumerate(self.param_columns):
             if layer >= 0:
                 counter = self.column_counters[layer]

@@ -60,17 +60,23 @@ class WeightNonzeros:
         return nonzeros * keep / live
 
 
-def weight_nonzeros(analysis: Analysis, initializer: str, group_index: dict[str, int],
-                    ranks: dict[str, np.ndarray]) -> WeightNonzeros | None:
-    """The exact counter for `initializer`, or None where an axis mixes groups."""
+def column_counters(analysis: Analysis, initializers: list[str], group_index: dict[str, int]) -> list[WeightNonzeros | None]:
+    """One exact counter per weight (None where an axis mixes groups), sharing one channel ranking."""
+    if not initializers:
+        return []
+    ranks = channel_ranks(analysis)
+    root_owner = {root: (g.name, ch) for g in analysis.prunable_groups for root, ch in analysis.channel_of_root(g).items()}
+    return [_weight_nonzeros(analysis, init, group_index, ranks, root_owner) for init in initializers]
+
+
+def _weight_nonzeros(analysis: Analysis, initializer: str, group_index: dict[str, int],
+                     ranks: dict[str, np.ndarray], root_owner: dict[int, tuple[str, int]]) -> WeightNonzeros | None:
     find = analysis.elements.find
     arr = np.asarray(analysis.index.array(initializer))
     members = [m for m in analysis.members if m.initializer == initializer and m.role in WEIGHT_ROLES]
     member_axes = sorted({m.axis for m in members})
     if arr.ndim < 2 or not 1 <= len(member_axes) <= 2:
         return None
-    groups = {g.name: g for g in analysis.prunable_groups}
-    root_owner = {root: (g.name, ch) for g in analysis.prunable_groups for root, ch in analysis.channel_of_root(g).items()}
     axes, orders = [], []
     for axis in member_axes:
         m = next(m for m in members if m.axis == axis)
@@ -82,7 +88,7 @@ def weight_nonzeros(analysis: Analysis, initializer: str, group_index: dict[str,
         # Positions outside any prunable group are always kept: they sort first.
         key = np.array([-1 if o is None else ranks[o[0]][o[1]] for o in owners])
         order = np.argsort(key, kind="stable")
-        width = groups[name].width if name else 0
+        width = len(ranks[name]) if name else 0
         upto = np.array([int(np.sum(key < k)) for k in range(width + 1)] if name else [len(key)])
         axes.append((group_index[name] if name else None, upto))
         orders.append(order)

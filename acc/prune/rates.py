@@ -65,7 +65,7 @@ def column_layers(analysis: Analysis) -> dict[str, str]:
 
 def column_search_layers(analysis: Analysis) -> dict[str, str]:
     """Column layers the search and uniform rates may thin: all but those reading a graph input."""
-    stem = _stem_layers(analysis)
+    stem = stem_layers(analysis)
     return {n: init for n, init in column_layers(analysis).items() if n not in stem}
 
 
@@ -124,10 +124,17 @@ def uniform_rates(analysis: Analysis, rate: float, scheme: str = "filter") -> Ra
     return rates
 
 
-def _stem_layers(analysis: Analysis) -> set[str]:
+def stem_layers(analysis: Analysis) -> set[str]:
     """Layers that read a graph input directly."""
     inputs = set(analysis.index.input_names)
     return {n.name for n in analysis.model.graph.node if n.input and n.input[0] in inputs}
+
+
+def classifier_layers(analysis: Analysis) -> set[str]:
+    """Conv/Gemm/MatMul layers that produce a graph output."""
+    outputs = set(analysis.index.output_names)
+    return {n.name for n in analysis.model.graph.node
+            if n.op_type in ("Gemm", "MatMul", "Conv") and any(o in outputs for o in n.output)}
 
 
 def build_constraints(analysis: Analysis, bridge: TorchModel, rates: Rates, criterion: str = "l2") -> ConstraintSet:

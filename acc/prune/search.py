@@ -39,9 +39,9 @@ from acc import atomic
 from acc.passes.analysis import Analysis
 from acc.passes.summary import group_holdings
 from acc.prune.admm import TrainConfig, cosine_lr, sgd
-from acc.prune.cost import CostModel, kept_channels
+from acc.prune.cost import CostModel
 from acc.prune.objective import evaluate, first_output
-from acc.prune.rates import Rates, build_constraints, column_search_layers
+from acc.prune.rates import Rates, build_constraints, classifier_layers, column_search_layers, stem_layers
 
 
 @dataclass
@@ -97,11 +97,10 @@ class Guidance:
         held = group_holdings(analysis)
         g = len(cost.names)
         self.group_order = sorted(range(g), key=lambda i: (held[cost.names[i]][0], cost.names[i]))
-        weights = dict(column_search_layers(analysis))
-        size = {n: analysis.index.array(weights[n]).size for n in cost.column_names}
+        size = {n: analysis.index.array(init).size for n, init in cost.column_weights.items()}
         self.column_order = [g + i for i in sorted(range(len(cost.column_names)),
                                                    key=lambda i: (size[cost.column_names[i]], cost.column_names[i]))]
-        _, last = first_and_last_layers(analysis)
+        last = classifier_layers(analysis)
         self.mild = np.array([name in mild_groups(analysis) for name in cost.names]
                              + [name in last for name in cost.column_names], dtype=bool)
         self._uniform: dict[tuple[float, str], float] = {}
@@ -188,21 +187,9 @@ class Guidance:
         return with_factor(hi)
 
 
-def first_and_last_layers(analysis: Analysis) -> tuple[set[str], set[str]]:
-    """Nodes reading a graph input; conv/Gemm/MatMul nodes producing a graph output (the classifier)."""
-    inputs = set(analysis.index.input_names)
-    outputs = set(analysis.index.output_names)
-    first = {n.name for n in analysis.model.graph.node if n.input and n.input[0] in inputs}
-    last = set()
-    for node in analysis.model.graph.node:
-        if node.op_type in ("Gemm", "MatMul", "Conv") and any(o in outputs for o in node.output):
-            last.add(node.name)
-    return first, last
-
-
 def mild_groups(analysis: Analysis) -> set[str]:
     """Groups written by a layer that reads a graph input, or read by the layer producing an output."""
-    first, last = first_and_last_layers(analysis)
+    first, last = stem_layers(analysis), classifier_layers(analysis)
     names = set()
     for g in analysis.prunable_groups:
         member_nodes = {analysis.members[mi].node for mi in g.members}
@@ -248,9 +235,8 @@ class OneShotScorer:
 
     def keep_counts(self, rates: np.ndarray) -> tuple:
         """The structure a rate vector stands for (channels kept per group, per-mille column rates): the cache key."""
-        group_rates, column_rates = self.cost.split(rates)
-        kept = [kept_channels(w, p, r) for w, p, r in zip(self.cost.widths, self.cost.prunable, group_rates)]
-        return tuple(kept) + tuple(int(round(1000 * r)) for r in column_rates[: len(self.cost.column_names)])
+        _, column_rates = self.cost.split(rates)
+        return tuple(int(k) for k in self.cost.kept_counts(rates)) + tuple(int(round(1000 * r)) for r in column_rates)
 
     @torch.no_grad()
     def energy(self, rates: np.ndarray, seed_offset: int = 0) -> float:
