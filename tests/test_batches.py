@@ -30,13 +30,22 @@ def test_crop_border_is_black_in_normalised_space():
     pre = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), size=(8, 8))
     raw = ImageData(np.full((4, 8, 8, 3), 255, np.uint8), np.zeros(4, np.int64))
     data = TensorData.from_images(raw, pre)
+    assert data.inputs.dtype == torch.uint8  # normalised per batch
     black = -torch.tensor(pre.mean) / torch.tensor(pre.std)
-    assert torch.allclose(data.pad_value, black)
     generator = torch.Generator().manual_seed(0)
-    crops = torch.cat([random_crop_flip(data.inputs, generator, pad_value=data.pad_value) for _ in range(8)])
+    crops = torch.cat([x for _ in range(8) for x, _ in data.batches(4, augment=True, generator=generator)])
     white = (1 - torch.tensor(pre.mean)) / torch.tensor(pre.std)
     values = crops.permute(1, 0, 2, 3).reshape(3, -1)
     for c in range(3):
         is_black = torch.isclose(values[c], black[c])
         assert (is_black | torch.isclose(values[c], white[c])).all()
         assert is_black.any()  # some border was cropped in
+
+
+def test_float_inputs_crop_with_zero_border():
+    data = TensorData(torch.ones(4, 3, 8, 8), None)
+    generator = torch.Generator().manual_seed(0)
+    crops = torch.cat([x for _ in range(8) for x, _ in data.batches(4, augment=True, generator=generator)])
+    assert set(crops.unique().tolist()) == {0.0, 1.0}
+    pad = torch.full((3,), -2.0)
+    assert set(random_crop_flip(data.inputs, generator, pad_value=pad).unique().tolist()) <= {-2.0, 1.0}

@@ -2,7 +2,8 @@
 
 Arrays: `jpeg` uint8 (all files' bytes end to end), `offsets` int64 [N+1] (image i is
 jpeg[offsets[i]:offsets[i+1]]), `labels` uint8 [N], `classes` str [K]. A SHA256SUMS file beside
-the pack, when asked for, is checked before reading.
+the pack, when asked for, is checked before reading. `PackSource` keeps the bytes compressed and
+decodes one image at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from acc.atomic import atomic_path
-from acc.data.images import ImageData, check_labels, sample_indices
+from acc.data.images import ImageData, Source, check_labels, sample_indices
+from acc.data.npz import member_names, read_member
 from acc.errors import InputError
 
 PACK_KEYS = ("jpeg", "offsets", "labels", "classes")
@@ -55,21 +57,23 @@ def verify_sha256(path: Path) -> None:
 
 
 def read_pack_arrays(path: str | os.PathLike, *, check_sha256: bool = False) -> dict[str, np.ndarray]:
-    """The pack's raw arrays (JPEG bytes not decoded), checked for consistency."""
+    """The pack's raw arrays (JPEG bytes not decoded, memory-mapped when stored uncompressed),
+    checked for consistency."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"dataset file not found: {path}")
     if check_sha256:
         verify_sha256(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in ("jpeg", "offsets") if key not in archive.files]
-            if missing:
-                raise InputError(f"{path}: not an image pack (missing arrays: {', '.join(missing)})")
-            arrays = {key: archive[key] for key in PACK_KEYS if key in archive.files}
+        names = member_names(path)
+        missing = [key for key in ("jpeg", "offsets") if key not in names]
+        if missing:
+            raise InputError(f"{path}: not an image pack (missing arrays: {', '.join(missing)})")
+        arrays = {key: read_member(path, key) for key in PACK_KEYS if key in names}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise InputError(f"{path}: unreadable npz ({error})") from None
-    offsets = arrays["offsets"]
+    offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+    arrays["offsets"] = offsets
     if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(arrays["jpeg"]) or np.any(np.diff(offsets) <= 0):
         raise InputError(f"{path}: offsets do not partition the JPEG bytes")
     return arrays
@@ -79,8 +83,28 @@ def decode_jpeg(data: bytes, source: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(f"{source}: undecodable image ({error})") from None
+
+
+class PackSource(Source):
+    """A pack opened: the compressed bytes (10-20x smaller than the decoded images) stay as they
+    are, and `read(i)` decodes image i alone."""
+
+    def __init__(self, path: str | os.PathLike, *, check_sha256: bool = False):
+        arrays = read_pack_arrays(path, check_sha256=check_sha256)
+        self.path = str(path)
+        self.jpeg, self.offsets = arrays["jpeg"], arrays["offsets"]
+        self.classes = tuple(str(name) for name in arrays["classes"]) if "classes" in arrays else None
+        if "labels" in arrays:
+            self.labels = check_labels(arrays["labels"], len(self), len(self.classes) if self.classes else None, self.path)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def read(self, index: int) -> np.ndarray:
+        start, stop = self.offsets[index], self.offsets[index + 1]
+        return decode_jpeg(self.jpeg[start:stop].tobytes(), self.name(index))
 
 
 def read_pack(
@@ -92,24 +116,12 @@ def read_pack(
     seed: int = 0,
 ) -> ImageData:
     """Decode a pack to uint8 NHWC images: all, those at `indices`, or a seeded random `limit`."""
-    path = Path(path)
-    arrays = read_pack_arrays(path, check_sha256=check_sha256)
-    offsets, jpeg = arrays["offsets"], arrays["jpeg"]
-    count = len(offsets) - 1
-    classes = tuple(str(name) for name in arrays["classes"]) if "classes" in arrays else None
-    labels = None
-    if "labels" in arrays:
-        labels = check_labels(arrays["labels"], count, len(classes) if classes else None, str(path))
+    source = PackSource(path, check_sha256=check_sha256)
+    count = len(source)
     chosen = sample_indices(count, limit, seed) if indices is None else np.asarray(indices, dtype=np.int64)
-    if len(chosen) == 0:
-        raise InputError(f"{path}: holds no images")
-    if chosen.min() < 0 or chosen.max() >= count:
+    if len(chosen) and (chosen.min() < 0 or chosen.max() >= count):
         raise InputError(f"{path}: image index out of range (pack holds {count})")
-    images = [decode_jpeg(jpeg[offsets[i] : offsets[i + 1]].tobytes(), f"{path}[{i}]") for i in chosen]
-    shapes = {image.shape for image in images}
-    if len(shapes) != 1:
-        raise InputError(f"{path}: images differ in size ({sorted(shapes)[:3]}...)")
-    return ImageData(np.stack(images), None if labels is None else labels[chosen], classes, str(path))
+    return source.decode(chosen)
 
 
 def write_pack(path: str | os.PathLike, images_jpeg_bytes, labels, classes) -> Path:

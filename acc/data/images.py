@@ -1,4 +1,5 @@
-"""The in-memory dataset every reader returns, and the checks every reader shares."""
+"""What every reader shares: the lazy `Source` (count, labels, classes, one item decoded by
+index), the in-memory `ImageData` a source decodes into, and the checks."""
 
 from __future__ import annotations
 
@@ -35,6 +36,49 @@ class ImageData:
         return ImageData(self.inputs[indices], labels, self.classes, self.source)
 
 
+class Source:
+    """A dataset opened, not decoded: it knows its count, labels and classes, and decodes one item
+    by index (`read`). Items are raw images, uint8 [H, W, C] (`raw`), or model-ready float arrays.
+    A subclass sets `path`, `labels`, `classes`, `raw`, and implements `__len__` and `read`."""
+
+    path: str = ""
+    labels: np.ndarray | None = None  # int64 [N]
+    classes: tuple[str, ...] | None = None
+    raw: bool = True
+    skipped: int = 0  # files passed over (not images)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, index: int) -> np.ndarray:
+        """Item `index` as stored (a decode error is an InputError naming the file)."""
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        """Where item `index` comes from, for messages."""
+        return f"{self.path}[{index}]"
+
+    def check(self, indices) -> None:
+        """Cheap checks of the items that will be used, before any is decoded (none by default)."""
+
+    def decode(self, indices=None, size: tuple[int, int] | None = None) -> ImageData:
+        """The items at `indices` (all by default) decoded into memory, raw images resized to `size`."""
+        from acc.data.preprocess import resize_image
+
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            raise InputError(f"{self.path}: holds no images")
+        self.check(indices)
+        items = [self.read(int(i)) for i in indices]
+        if self.raw:
+            items = [resize_image(item, size) for item in items]
+        shapes = {item.shape for item in items}
+        if len(shapes) != 1:
+            raise InputError(f"{self.path}: images differ in size {sorted(shapes)[:3]}; give a preprocessing size to resize them")
+        labels = None if self.labels is None else self.labels[indices]
+        return ImageData(np.stack(items), labels, self.classes, self.path)
+
+
 def check_labels(labels, count: int, num_classes: int | None, source: str) -> np.ndarray:
     """Labels must be integers, one per input, in [0, num_classes)."""
     labels = np.asarray(labels)
@@ -53,8 +97,9 @@ def check_labels(labels, count: int, num_classes: int | None, source: str) -> np
     return labels
 
 
-def check_inputs(inputs: np.ndarray, source: str) -> np.ndarray:
-    """Accept uint8 NHWC images (1 or 3 channels) or float NCHW arrays; refuse anything else."""
+def check_inputs(inputs: np.ndarray, source: str, convert: bool = True) -> np.ndarray:
+    """Accept uint8 NHWC images (1, 3 or 4 channels) or float NCHW arrays (as float32 when
+    `convert`); refuse anything else."""
     if inputs.ndim != 4:
         raise InputError(f"{source}: inputs must be 4-D (N,C,H,W float or N,H,W,C uint8), got shape {inputs.shape}")
     if len(inputs) == 0:
@@ -64,7 +109,7 @@ def check_inputs(inputs: np.ndarray, source: str) -> np.ndarray:
             raise InputError(f"{source}: uint8 images must be N,H,W,C with 1, 3 or 4 channels, got shape {inputs.shape}")
         return inputs
     if inputs.dtype.kind == "f":
-        return inputs.astype(np.float32, copy=False)
+        return inputs.astype(np.float32, copy=False) if convert else inputs
     raise InputError(f"{source}: inputs must be uint8 images or float arrays, got {inputs.dtype}")
 
 

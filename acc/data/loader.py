@@ -1,21 +1,12 @@
-"""`load_dataset`: pick the reader from what the path is, and bring images to the model's size.
-
-- an .npz holding `jpeg` and `offsets`: a packed JPEG dataset (cifar_pack)
-- a folder holding `<split>.jpeg.npz`: that split of a packed dataset
-- any other .npz, or an .npy: arrays (arrays)
-- a folder holding a `<split>/` folder, else the folder itself: an image-folder tree (folder)
-"""
+"""`load_dataset`: open a dataset (acc.data.sources) and decode it, all of it or a seeded random
+part, into memory at the model's size."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from acc.data.arrays import read_arrays
-from acc.data.cifar_pack import is_pack, read_pack
-from acc.data.folder import read_image_folder
-from acc.data.images import ImageData, check_labels
-from acc.data.preprocess import resize_images
+from acc.data.images import ImageData, check_labels, sample_indices
+from acc.data.sources import open_source
 from acc.errors import InputError
 
 
@@ -33,26 +24,10 @@ def load_dataset(
 
     Raw images come back uint8 NHWC, resized to `size` (height, width) when given.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"dataset not found: {path}")
-    if path.is_file():
-        if path.suffix == ".npz" and is_pack(path):
-            data = read_pack(path, check_sha256=check_sha256, limit=limit, seed=seed)
-        elif path.suffix in (".npz", ".npy"):
-            data = read_arrays(path, num_classes=num_classes, limit=limit, seed=seed)
-        else:
-            raise InputError(f"{path}: not a dataset (expected a folder, .npz or .npy)")
-    elif (path / f"{split}.jpeg.npz").is_file():
-        data = read_pack(path / f"{split}.jpeg.npz", check_sha256=check_sha256, limit=limit, seed=seed)
-    elif (path / split).is_dir():
-        data = read_image_folder(path / split, size=size, limit=limit, seed=seed)
-    else:
-        data = read_image_folder(path, size=size, limit=limit, seed=seed)
+    source = open_source(path, split=split, num_classes=num_classes, check_sha256=check_sha256)
+    data = source.decode(sample_indices(len(source), limit, seed), size)
     if data.labels is not None and num_classes is not None:
         check_labels(data.labels, len(data), num_classes, data.source)
-    if data.is_raw_images:
-        data.inputs = resize_images(data.inputs, size)
-    elif size is not None and data.inputs.shape[2:] != tuple(size) and data.inputs.shape[1:3] != tuple(size):
+    if not data.is_raw_images and size is not None and data.inputs.shape[2:] != tuple(size) and data.inputs.shape[1:3] != tuple(size):
         raise InputError(f"{data.source}: float inputs of shape {data.inputs.shape[1:]} do not match size {tuple(size)}")
     return data

@@ -3,7 +3,8 @@
 Options given by the caller win over `<model>.preprocess.json` beside the model (for model.onnx:
 model.preprocess.json), which wins over the defaults (scale to [0, 1], no normalisation, NCHW).
 Mean and std are on the [0, 1] pixel scale; values above 1 are read as the 0-255 scale
-(Caffe-style 123.68...) and divided by 255.
+(Caffe-style 123.68...) and divided by 255. `augment` names the augmentation preset
+(acc.data.augment: cifar, imagenet, resize, none); None leaves the choice to the model's size.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from PIL import Image
 from acc.errors import InputError
 
 LAYOUTS = ("NCHW", "NHWC")
+AUGMENT_PRESETS = ("cifar", "imagenet", "resize", "none")
+FIELDS = ("mean", "std", "size", "layout", "augment")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Preprocess:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     size: tuple[int, int] | None = None  # (height, width); None keeps the data's own size
     layout: str = "NCHW"
+    augment: str | None = None  # an AUGMENT_PRESETS name; None: chosen from the size (acc.data.augment)
 
     def __post_init__(self):
         mean = tuple(float(v) for v in self.mean)
@@ -39,6 +43,8 @@ class Preprocess:
             raise InputError(f"preprocessing: std must be positive, got {self.std}")
         if self.layout not in LAYOUTS:
             raise InputError(f"preprocessing: layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.augment is not None and self.augment not in AUGMENT_PRESETS:
+            raise InputError(f"preprocessing: augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}")
         size = None
         if self.size is not None:
             size = tuple(int(v) for v in self.size)
@@ -49,7 +55,8 @@ class Preprocess:
         object.__setattr__(self, "size", size)
 
     def to_json(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "size": None if self.size is None else list(self.size), "layout": self.layout}
+        return {"mean": list(self.mean), "std": list(self.std), "size": None if self.size is None else list(self.size),
+                "layout": self.layout, "augment": self.augment}
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -66,7 +73,7 @@ def read_preprocess_json(path: str | os.PathLike) -> dict:
         raise InputError(f"{path}: unreadable preprocessing JSON ({error})") from None
     if not isinstance(content, dict):
         raise InputError(f"{path}: preprocessing JSON must be an object")
-    return {key: content[key] for key in ("mean", "std", "size", "layout") if content.get(key) is not None}
+    return {key: content[key] for key in FIELDS if content.get(key) is not None}
 
 
 def resolve_preprocess(model_path: str | os.PathLike | None = None, **options) -> Preprocess:
@@ -75,7 +82,7 @@ def resolve_preprocess(model_path: str | os.PathLike | None = None, **options) -
     if model_path is not None and sidecar_path(model_path).is_file():
         fields.update(read_preprocess_json(sidecar_path(model_path)))
     fields.update({key: value for key, value in options.items() if value is not None})
-    unknown = set(fields) - {"mean", "std", "size", "layout"}
+    unknown = set(fields) - set(FIELDS)
     if unknown:
         raise TypeError(f"unknown preprocessing options: {sorted(unknown)}")
     return replace(Preprocess(), **fields)
@@ -85,10 +92,15 @@ def resize_images(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarra
     """uint8 NHWC images resized (bilinear) to (height, width); unchanged when they already fit."""
     if size is None or images.shape[1:3] == tuple(size):
         return images
+    return np.stack([resize_image(image, size) for image in images])
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int] | None, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """One uint8 HWC image resized (bilinear) to (height, width), from the region `box` (left,
+    top, right, bottom) when given; unchanged when it already fits and there is no box."""
+    if size is None or (box is None and image.shape[:2] == tuple(size)):
+        return image
     height, width = size
-    resized = []
-    for image in images:
-        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-        array = np.asarray(pil.resize((width, height), Image.BILINEAR), dtype=np.uint8)
-        resized.append(array[..., None] if array.ndim == 2 else array)
-    return np.stack(resized)
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    array = np.asarray(pil.resize((width, height), Image.BILINEAR, box=box), dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
