@@ -21,10 +21,21 @@ def summary_rows(report: dict) -> list[list[str]]:
     return [
         ["accuracy (validation)", _acc(b.get("val")), _acc(a.get("val")), ""],
         ["accuracy (test)", _acc(b.get("test")), _acc(a.get("test")), ""],
+    ] + _top5_rows(b, a) + [
         ["parameters (dense)", human(p["before"]), human(p["after_dense"]), ratio(p["before"], p["after_dense"])],
         ["parameters (non-zero)", human(p["before"]), human(p["after_nonzero"]), ratio(p["before"], p["after_nonzero"])],
         ["FLOPs (MACs)", human(f["before"]), human(f["after"]), ratio(f["before"], f["after"])],
     ]
+
+
+def _top5_rows(before: dict, after: dict) -> list[list[str]]:
+    rows = []
+    for split in ("val", "test"):
+        b, a = before.get(split) or {}, after.get(split) or {}
+        if "top5" in b or "top5" in a:
+            shown = [f"{100 * x['top5']:.2f}%" if "top5" in x else "-" for x in (b, a)]
+            rows.append([f"top-5 ({'validation' if split == 'val' else 'test'})", *shown, ""])
+    return rows
 
 
 def summary_table(report: dict) -> str:
@@ -150,7 +161,21 @@ def _search_line(s: dict) -> str:
         text += f"; re-scored with {len(c['best_energies']) - 1} more seeds: {verdict}"
         if "mean_difference" in c:
             text += f" (best - uniform: {c['mean_difference']:.0f} ± {c['standard_error']:.0f})"
+    if s.get("scoring"):
+        text += f"; {_scoring_text(s['scoring'], s.get('config', {}).get('candidates', 1))}"
+        if "seconds" in s:
+            text += f", {s['seconds']:.0f} s"
     return text
+
+
+def _scoring_text(scoring: dict, candidates: int) -> str:
+    """How the search's candidates were scored, in words."""
+    per_step = f"{candidates} candidates per step" if candidates > 1 else "1 candidate per step"
+    if scoring.get("mode") != "ray":
+        return f"scored serially in this process, {per_step}"
+    gpus = f" + {scoring['candidate_gpus']:g} GPU" if scoring.get("candidate_gpus") else ""
+    return (f"scored on Ray ({scoring['address']}): {scoring['workers']} workers of {scoring['candidate_cpus']:g} CPU{gpus}, "
+            f"{scoring['candidates_per_step']} candidates per step")
 
 
 def write_report(out_dir: Path, report: dict) -> None:

@@ -26,3 +26,37 @@ def parse_input_shapes(values: list[str]) -> dict[str, list[int]]:
         except ValueError:
             raise InputError(f"--input-shape takes NAME=DIMS like input=1x3x32x32, got '{value}'") from None
     return shapes
+
+
+def add_data_options(parser) -> None:
+    """How training data is read and augmented (acc prune, acc compile)."""
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="data loader processes that decode and augment (default: min(4, CPUs - 1))")
+    parser.add_argument("--cache-mb", type=float, default=1024.0, metavar="MB",
+                        help="decode the data into memory when it fits in MB (default 1024), else stream it")
+    parser.add_argument("--augment", choices=["cifar", "imagenet", "resize", "none"], default=None,
+                        help="augmentation preset (default: MODEL.preprocess.json's, else cifar up to 64 px, imagenet above)")
+
+
+def add_devices(parser) -> None:
+    parser.add_argument(
+        "--devices",
+        default=None,
+        metavar="DEV,DEV,...",
+        help="train on these devices, one process each (e.g. cuda:0,cuda:1; cpu,cpu for gloo on the CPU); "
+        "a single device just sets the device. Under torchrun, leave it out.",
+    )
+
+
+def spawned_ranks(args) -> int | None:
+    """With --devices naming several devices, run this command as that many ranks and return the
+    exit code; None when this process is to do the work itself (its device set in args.device)."""
+    if not getattr(args, "devices", None):
+        return None
+    from acc.prune import launch
+
+    devices = launch.parse_devices(args.devices)
+    if len(devices) == 1:
+        args.device = devices[0]
+        return None
+    return launch.spawn(args.argv, devices)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from acc.format import human, ratio, table
+from acc.commands.options import add_data_options, add_devices, spawned_ranks
 
 
 def register(sub) -> None:
@@ -35,39 +35,38 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (default: OUTPUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_data_options(p)
+    p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, cuda:N)")
+    add_devices(p)
     p.set_defaults(func=run)
 
 
-def _accuracy(score) -> str:
-    if not score:
-        return "-"
-    return f"{100 * score['accuracy']:.2f}%" if "accuracy" in score else f"loss {score['loss']:.4f}"
-
-
 def print_summary(report: dict) -> None:
-    b, a = report["accuracy_before"], report["accuracy_after"]
-    p, f = report["params"], report["flops"]
-    rows = [
-        ["accuracy (validation)", _accuracy(b["val"]), _accuracy(a["val"]), ""],
-        ["accuracy (test)", _accuracy(b["test"]), _accuracy(a["test"]), ""],
-        ["parameters (dense)", human(p["before"]), human(p["after_dense"]), ratio(p["before"], p["after_dense"])],
-        ["parameters (non-zero)", human(p["before"]), human(p["after_nonzero"]), ratio(p["before"], p["after_nonzero"])],
-        ["FLOPs (MACs)", human(f["before"]), human(f["after"]), ratio(f["before"], f["after"])],
-    ]
-    print(table(["", "before", "after", "reduction"], rows, {1, 2, 3}))
-    print(f"{report['objective']}; {report['train_images']} training images; {report['seconds']:.0f} s")
+    from acc.report import summary_table
+
+    print(summary_table(report))
+    data = report.get("data", {})
+    how = {"memory": "in memory", "stream": f"streamed by {data.get('workers')} workers"}.get(data.get("path"), "")
+    print(f"{report['objective']}; {report['train_images']} training images" + (f" ({how}, {data['augment']} augmentation)" if how else "")
+          + f"; {report['seconds']:.0f} s")
 
 
 def run(args) -> int:
     from acc import api
 
+    code = spawned_ranks(args)
+    if code is not None:
+        return code
     result = api.prune(
         args.model, args.data, output=args.output, rates=args.rates, uniform=args.uniform, scheme=args.scheme,
         labels=args.labels, epochs=args.epochs, admm_iters=args.admm_iters, finetune_epochs=args.finetune_epochs,
         lr=args.lr, finetune_lr=args.finetune_lr, rho=args.rho, rho_mult=args.rho_mult, batch_size=args.batch_size,
         limit=args.limit, seed=args.seed, report=args.report, checkpoint=args.checkpoint, resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress, device=args.device, workers=args.workers, cache_mb=args.cache_mb,
+        augment=args.augment,
     )
+    if result.report is None:  # a rank other than 0: rank 0 reports
+        return 0
     print_summary(result.report)
     print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
     return 0

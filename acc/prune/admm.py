@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from acc.prune import checkpoint as ckpt
+from acc.prune import distributed
 from acc.prune.constraints import ConstraintSet
 from acc.prune.objective import Objective, evaluate, first_output
 
@@ -72,12 +73,22 @@ class RunState:
 
 
 class Trainer:
-    """Owns the torch module, the constraints and the state; `run()` goes (or resumes) to the end."""
+    """Owns the torch module, the constraints and the state; `run()` goes (or resumes) to the end.
+
+    Under torch.distributed (`world.size > 1`) every rank runs this same loop on its slice of each
+    global batch (DistributedDataParallel averages the gradients); the loss of a slice is weighted
+    by its share of the global batch, so the step is the one-process step on the whole batch. The
+    weights stay identical on every rank, so Z, U, the masks and purification are too; only rank 0
+    writes the checkpoint."""
 
     def __init__(self, module, constraints: ConstraintSet, tensors: dict[str, torch.Tensor], train, val,
                  objective: Objective, config: TrainConfig, checkpoint_path: str | os.PathLike | None = None,
-                 progress=None, after_finetune=None):
+                 progress=None, after_finetune=None, world: distributed.World | None = None,
+                 device: torch.device | str = "cpu"):
         self.module = module
+        self.world = world or distributed.World()
+        self.device = torch.device(device)
+        self._trained = None  # the module wrapped for multi-process training, made on first use
         self.constraints = constraints
         self.tensors = tensors  # ONNX initializer name -> torch tensor (parameters and buffers)
         self.train, self.val = train, val
@@ -102,11 +113,16 @@ class Trainer:
         return sgd(self.module, lr, self.cfg.momentum, self.cfg.weight_decay)
 
     def _steps_per_epoch(self) -> int:
-        return max(1, math.ceil(len(self.train) / self.cfg.batch_size))
+        return distributed.shard_steps(len(self.train), self.cfg.batch_size, self.world.size)
+
+    def _training_module(self):
+        if self._trained is None:
+            self._trained = distributed.wrap(self.module, self.world, self.device)
+        return self._trained
 
     # -- checkpointing
     def save(self) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.world.is_main:
             return
         ckpt.save(self.checkpoint_path, {
             "state": asdict(self.state),
@@ -189,16 +205,22 @@ class Trainer:
         update_every = max(1, total_steps // max(cfg.admm_iters, 1))
         generator = torch.Generator().manual_seed(cfg.seed * 100003 + (0 if admm else 50000) + st.epoch)
         torch.manual_seed(cfg.seed * 7919 + st.epoch + (0 if admm else 50000))
-        self.module.train()
+        module = self._training_module()
+        module.train()
         running = 0.0
-        for i, (x, y) in enumerate(self.train.batches(cfg.batch_size, shuffle=True, augment=True, generator=generator)):
+        batches = self.train.batches(cfg.batch_size, shuffle=True, augment=True, generator=generator, shard=self.world.shard)
+        for i, (x, y) in enumerate(batches):
+            if i >= steps:
+                break
             step = st.epoch * steps + i
             lr = cosine_lr(base_lr, step, total_steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            out = first_output(self.module(x))
+            out = first_output(module(x))
             loss = self.objective(out, x, y)
             task_loss = float(loss.detach())
+            if self.world.size > 1:  # this slice's share of the global batch (DDP averages over ranks)
+                loss = loss * (len(x) * self.world.size / distributed.global_batch_len(i, len(self.train), cfg.batch_size))
             if admm:
                 for n, w in self._constrained().items():
                     loss = loss + 0.5 * st.rho * (w - self.Z[n] + self.U[n]).pow(2).sum()
@@ -210,10 +232,12 @@ class Trainer:
             elif (step + 1) % update_every == 0 and st.updates < cfg.admm_iters:
                 self._admm_update()
             running += task_loss
-            self.progress(phase="ADMM" if admm else "fine-tune", epoch=st.epoch + 1, epochs=total_epochs,
-                          step=i + 1, steps=steps, loss=running / (i + 1), rho=st.rho if admm else None)
+            if self.world.is_main:
+                self.progress(phase="ADMM" if admm else "fine-tune", epoch=st.epoch + 1, epochs=total_epochs,
+                              step=i + 1, steps=steps, loss=running / (i + 1), rho=st.rho if admm else None)
+        running = self.world.sum([running])[0] / self.world.size
         record = {"phase": "admm" if admm else "finetune", "epoch": st.epoch + 1, "train_loss": running / steps}
-        record.update({f"val_{k}": v for k, v in evaluate(self.module, self.val, self.objective).items()})
+        record.update({f"val_{k}": v for k, v in evaluate(self.module, self.val, self.objective, world=self.world).items()})
         if admm:
             record["rho"] = st.rho
             record["residual"] = self.residuals[-1] if self.residuals else None

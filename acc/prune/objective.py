@@ -38,19 +38,30 @@ class Objective:
 
 
 @torch.no_grad()
-def evaluate(module: torch.nn.Module, data, objective: Objective, batch_size: int = 256) -> dict:
-    """Mean loss, and top-1 accuracy when the data has labels."""
+def evaluate(module: torch.nn.Module, data, objective: Objective, batch_size: int = 256, world=None) -> dict:
+    """Mean loss, and top-1 (`accuracy`) and top-5 (`top5`, with 5 classes or more) accuracy when
+    the data has labels. With a multi-process `world` each rank scores every world.size-th item
+    and the sums are added up over the ranks, so every rank gets the same figures."""
     was_training = module.training
     module.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    if world is not None and world.size > 1:
+        data = data.subset(range(world.rank, len(data), world.size))
+    total_loss, correct, correct5, count, classes = 0.0, 0, 0, 0, 0
     for x, y in data.batches(batch_size):
         out = first_output(module(x))
         total_loss += float(objective(out, x, y)) * len(x)
         if y is not None and out.dim() == 2:
             correct += int((out.argmax(1) == y).sum())
+            classes = out.shape[1]
+            if classes >= 5:
+                correct5 += int((out.topk(5, 1).indices == y[:, None]).any(1).sum())
         count += len(x)
     module.train(was_training)
+    if world is not None and world.size > 1:
+        total_loss, correct, correct5, count = world.sum([total_loss, correct, correct5, count])
     result = {"loss": total_loss / max(count, 1)}
     if data.labels is not None:
         result["accuracy"] = correct / max(count, 1)
+        if classes >= 5:
+            result["top5"] = correct5 / max(count, 1)
     return result

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import onnx
 import torch
 
-from acc.data import load_dataset, resolve_preprocess
+from acc.data import resolve_preprocess
+from acc.data.splits import DEFAULT_CACHE_MB, open_splits
 from acc.errors import InputError
 from acc.passes.analysis import analyze
 from acc.passes.channels import WEIGHT_ROLES
@@ -30,6 +30,7 @@ from acc.passes.load import load_model
 from acc.passes.purify import purify
 from acc.passes.verify import verify_equal
 from acc.prune import checkpoint as ckpt
+from acc.prune import distributed
 from acc.prune.admm import TrainConfig, Trainer
 from acc.prune.batches import TensorData
 from acc.prune.bridge import TorchModel
@@ -57,36 +58,27 @@ class PruneOptions:
     criterion: str = "l2"  # channel/column norm for the projection (one-shot baselines use l1)
     preprocess_model: str | os.PathLike | None = None  # whose <model>.preprocess.json to read
     teacher_model: str | os.PathLike | None = None  # distil from this model (default: the input)
+    workers: int | None = None  # data loader processes (None: acc.data.stream.default_workers)
+    cache_mb: float = DEFAULT_CACHE_MB  # decode into memory when the data fits, else stream
+    augment: str | None = None  # augmentation preset (None: the preprocess JSON's, else by input size)
 
 
 @dataclass
 class PruneResult:
-    model: onnx.ModelProto
-    masked: onnx.ModelProto
-    report: dict
+    model: onnx.ModelProto | None  # None on the ranks other than 0 of a multi-process run
+    masked: onnx.ModelProto | None
+    report: dict | None
 
 
 def load_training_data(data_path, model_path, options: PruneOptions, input_shape):
-    """(train, validation, test or None, preprocessing): validation carved from train with the seed."""
-    pre = resolve_preprocess(options.preprocess_model or model_path, size=tuple(input_shape[2:]) if len(input_shape) == 4 else None)
-    data = load_dataset(data_path, split="train", size=pre.size, limit=options.limit, seed=options.train.seed)
-    if options.labels and data.labels is None:
-        raise InputError(f"{data_path}: --labels was given but the data has no labels")
-    full = TensorData.from_images(data, pre)
-    if len(full) < 2:
-        raise InputError(f"{data_path}: needs at least 2 inputs")
-    if tuple(full.inputs.shape[1:]) != tuple(input_shape[1:]):
-        raise InputError(f"{data_path}: inputs of shape {tuple(full.inputs.shape[1:])}, the model takes {tuple(input_shape[1:])}")
-    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(options.train.seed))
-    n_val = min(max(1, round(options.validation_fraction * len(full))), len(full) - 1)
-    train, val = full.subset(order[n_val:].sort().values), full.subset(order[:n_val].sort().values)
-    test = None
-    folder = Path(data_path)
-    if folder.is_dir() and ((folder / "test.jpeg.npz").is_file() or (folder / "test").is_dir()):
-        # A fixed sample: every round and every method is scored on the same test images.
-        t = load_dataset(folder, split="test", size=pre.size, limit=options.test_limit, seed=0)
-        test = TensorData.from_images(t, pre)
-    return train, val, test, pre
+    """(train, validation, test or None, preprocessing): validation carved from train with the seed;
+    in memory (TensorData) when the decoded images fit options.cache_mb, else streamed (StreamData)."""
+    pre = resolve_preprocess(options.preprocess_model or model_path, augment=options.augment)
+    if len(input_shape) == 4:
+        pre = replace(pre, size=tuple(input_shape[1:3] if pre.layout == "NHWC" else input_shape[2:]))
+    return open_splits(data_path, pre, input_shape, labels=options.labels, limit=options.limit, test_limit=options.test_limit,
+                       seed=options.train.seed, validation_fraction=options.validation_fraction,
+                       workers=options.workers, cache_mb=options.cache_mb)
 
 
 def _check_labels(data: TensorData, num_classes: int, source) -> None:
@@ -118,7 +110,10 @@ class _Progress:
 
 
 def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None) -> PruneResult:
+    """Every rank of a multi-process run trains; rank 0 alone rewrites and verifies (the other
+    ranks return a PruneResult without model or report)."""
     started = time.time()
+    world = distributed.setup(options.device)
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.train.seed)
@@ -142,7 +137,7 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
         teacher = TorchModel(teacher_graph).module
     objective = Objective(teacher, use_labels=use_labels)
     constraints = build_constraints(analysis, bridge, options.rates, options.criterion)
-    device = torch.device(options.device)
+    device = torch.device(distributed.rank_device(options.device))
     bridge.to(device)
     if teacher is not None:
         teacher.to(device)
@@ -151,19 +146,21 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     tensors = bridge.tensors
 
     def score(data):
-        return None if data is None else evaluate(bridge.module, data, objective)
+        return None if data is None else evaluate(bridge.module, data, objective, world=world)
 
     before = {"val": score(val), "test": score(test)}
     trainer = Trainer(
         bridge.module, constraints, tensors, train, val, objective, options.train,
-        checkpoint_path=options.checkpoint, progress=_Progress(options.progress),
-        after_finetune=lambda t: {"phase": "purify", **_near_zero_record(t, options)},
+        checkpoint_path=options.checkpoint, progress=_Progress(options.progress and world.is_main),
+        after_finetune=lambda t: {"phase": "purify", **_near_zero_record(t, options)}, world=world, device=device,
     )
     if options.resume:
         trainer.restore(ckpt.load(options.checkpoint))
     trainer.run()
     trainer.apply_masks()
     after = {"val": score(val), "test": score(test)}
+    if not world.is_main:
+        return PruneResult(None, None, None)
     masked = bridge.to_onnx()
     purified = purify(masked)
     diffs = verify_equal(masked, purified.model, what="pruned model")
@@ -204,6 +201,8 @@ def _report(model, masked, purified, analysis, options, trainer, before, after, 
         "history": trainer.state.history, "admm_residuals": trainer.residuals,
         "admm_distance_to_structure": trainer.distances,
         "train_config": vars(options.train).copy(), "train_images": len(trainer.train), "val_images": len(trainer.val),
+        "data": trainer.train.describe(),
+        "world_size": trainer.world.size,
         "preprocess": pre.to_json(),
         "verification": [{"output": d.name, "max_abs_error": d.max_abs_error, "max_abs_output": d.max_abs_output} for d in diffs],
         "seconds": time.time() - started,

@@ -47,7 +47,7 @@ def _candidates(trainer):
 @torch.no_grad()
 def purify_near_zero(trainer, tolerance: float = 1e-3, max_evaluations: int = 24, val_limit: int = 1000) -> NearZeroResult:
     val = trainer.val.sample(val_limit, seed=trainer.cfg.seed)
-    base = evaluate(trainer.module, val, trainer.objective)["loss"]
+    base = evaluate(trainer.module, val, trainer.objective, world=trainer.world)["loss"]
     limit = base * (1 + tolerance) if base > 0 else tolerance
     candidates = _candidates(trainer)
     removed: dict[str, int] = {}
@@ -73,7 +73,7 @@ def purify_near_zero(trainer, tolerance: float = 1e-3, max_evaluations: int = 24
                 new_masks[name] = new_masks[name] & m if name in new_masks else m
         for name, m in new_masks.items():
             trainer.tensors[name].mul_(m.to(trainer.tensors[name].dtype))
-        trial = evaluate(trainer.module, val, trainer.objective)["loss"]
+        trial = evaluate(trainer.module, val, trainer.objective, world=trainer.world)["loss"]
         evals += 1
         if trial <= limit:
             loss = trial
