@@ -73,6 +73,9 @@ def prune(
     criterion: str = "l2",
     test_limit: int | None = None,
     purify_evaluations: int = 24,
+    workers: int | None = None,
+    cache_mb: float = 1024.0,
+    augment: str | None = None,
 ):
     """ADMM structured pruning with given rates (a rates JSON path or dict, or `uniform`), then
     purification, masked fine-tuning, rewrite and verification. Returns a PruneResult."""
@@ -116,8 +119,11 @@ def prune(
 
     options = PruneOptions(rates=Rates(), scheme=scheme, train=config, labels=labels, limit=limit,
                            checkpoint=checkpoint, resume=resume, progress=progress, device=device,
-                           criterion=criterion, test_limit=test_limit, purify_max_evaluations=purify_evaluations)
+                           criterion=criterion, test_limit=test_limit, purify_max_evaluations=purify_evaluations,
+                           workers=workers, cache_mb=cache_mb, augment=augment)
     result = _prune(model, data, options, rates_from_analysis=choose)
+    if result.model is None:  # a rank other than 0 of a multi-process run: rank 0 writes
+        return result
     if output is not None:
         atomic.write_bytes(output, result.model.SerializeToString())
     if report is not None:
@@ -149,10 +155,21 @@ def compile(  # noqa: A001 - the verb users know
     resume: bool = False,
     progress: bool = True,
     strategy: str = "anneal",
+    workers: int | None = None,
+    cache_mb: float = 1024.0,
+    augment: str | None = None,
+    ray: str | bool | None = None,
+    candidates: int | None = None,
+    candidate_cpus: float | None = None,
+    candidate_gpus: float | None = None,
     log=print,
 ):
     """The whole AutoCompress pipeline (see acc.autocompress). Returns a CompileResult whose
-    `report` is what report.json holds."""
+    `report` is what report.json holds.
+
+    `ray=True` (or "local") scores the search's candidates on a Ray cluster started for the run,
+    `ray="HOST:PORT"` on an existing one; `candidates` per search step (default 1, or with Ray
+    the workers the cluster holds), each Ray worker with `candidate_cpus` (1) and `candidate_gpus` (0)."""
     import math
 
     from acc.autocompress import CompileOptions, compile_model, parse_rate
@@ -161,6 +178,11 @@ def compile(  # noqa: A001 - the verb users know
 
     if search_finetune_steps < 0:
         raise InputError("--search-finetune-steps must be 0 or more")
+    if candidates is not None and candidates < 1:
+        raise InputError("--candidates must be at least 1")
+    ray = "local" if ray is True else (ray or None)
+    if not ray and (candidate_cpus is not None or candidate_gpus is not None):
+        raise InputError("--candidate-cpus and --candidate-gpus size Ray workers: give them with --ray")
     search = SearchConfig(eval_images=eval_images, finetune_steps=search_finetune_steps)
     if search_steps is not None:
         if search_steps < 1:
@@ -169,7 +191,10 @@ def compile(  # noqa: A001 - the verb users know
     options = CompileOptions(rate=parse_rate(rate), metric=metric, rounds=rounds, budget_epochs=budget_epochs,
                              labels=labels, seed=seed, resume=resume, limit=limit, test_limit=test_limit,
                              batch_size=batch_size, lr=lr, device=device, progress=progress, search=search,
-                             target=target, tune_trials=tune_trials, strategy=strategy)
+                             target=target, tune_trials=tune_trials, strategy=strategy, workers=workers,
+                             cache_mb=cache_mb, augment=augment, ray=ray, candidates=candidates,
+                             candidate_cpus=1.0 if candidate_cpus is None else candidate_cpus,
+                             candidate_gpus=0.0 if candidate_gpus is None else candidate_gpus)
     return compile_model(model, data, output, options, log=log)
 
 

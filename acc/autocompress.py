@@ -16,11 +16,11 @@ import json
 import re
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
-import torch
 
 from acc import atomic
 from acc.errors import InputError
@@ -28,12 +28,12 @@ from acc.passes.analysis import analyze
 from acc.passes.counting import count
 from acc.passes.importer import normalize
 from acc.passes.load import load_model
+from acc.prune import distributed
 from acc.prune.admm import TrainConfig
-from acc.prune.bridge import TorchModel
 from acc.prune.cost import METRICS
-from acc.prune.objective import Objective
 from acc.prune.pipeline import PruneOptions, load_training_data, prune
 from acc.prune.rates import Rates, layer_schemes
+from acc.prune.scoring import RayCluster, ScorerInputs, open_scoring
 from acc.prune.search import Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, max_reduction, to_rates
 
 
@@ -72,6 +72,13 @@ class CompileOptions:
     target: str | None = None
     tune_trials: int = 0
     strategy: str = "anneal"  # or "uniform": one rate for every group (the baseline the search must beat)
+    workers: int | None = None  # data loader processes (None: acc.data.stream.default_workers)
+    cache_mb: float = 1024.0  # decode the data into memory when it fits, else stream it
+    augment: str | None = None  # augmentation preset (None: the preprocess JSON's, else by input size)
+    ray: str | None = None  # score the search's candidates on Ray: "local" (start a cluster here) or an address
+    candidates: int | None = None  # per search step; None: search.candidates, or with ray what the cluster holds
+    candidate_cpus: float = 1.0  # per Ray worker
+    candidate_gpus: float = 0.0  # per Ray worker (fractions share a GPU)
 
 
 @dataclass
@@ -84,8 +91,9 @@ class CompileResult:
 
 def _fingerprint(model_path, data, options: CompileOptions) -> dict:
     o = asdict(options)
-    for volatile in ("resume", "progress", "target", "tune_trials"):
+    for volatile in ("resume", "progress", "target", "tune_trials", "workers", "ray", "candidates", "candidate_cpus", "candidate_gpus"):
         o.pop(volatile)
+    o["search"].pop("candidates")  # where and how widely candidates are scored: a resumed run may change it
     return {"model": str(Path(model_path).resolve()), "data": str(Path(data).resolve()), "options": o}
 
 
@@ -107,6 +115,11 @@ class _SearchProgress:
 
 
 def compile_model(model_path, data, out_dir, options: CompileOptions, log=print) -> CompileResult:
+    with ExitStack() as resources:  # what the run opens on the way (a Ray cluster) is closed at its end
+        return _compile_model(model_path, data, out_dir, options, log, resources)
+
+
+def _compile_model(model_path, data, out_dir, options: CompileOptions, log, resources: ExitStack) -> CompileResult:
     started = time.time()
     if options.metric not in METRICS:
         raise InputError(f"--metric must be one of {', '.join(METRICS)}")
@@ -129,6 +142,15 @@ def compile_model(model_path, data, out_dir, options: CompileOptions, log=print)
                          f"{' and column layer' if options.metric == 'nonzero' else ''} at {options.search.max_rate:.0%})")
     if not Path(data).exists():
         raise InputError(f"dataset not found: {data}")
+    # Every rank of a multi-process run trains each round; rank 0 alone searches, writes and reports.
+    world = distributed.setup(options.device)
+    if not world.is_main:
+        log = _silent
+    cluster = None
+    if options.ray and world.is_main and options.strategy == "anneal":  # rank 0 alone searches; a dead address
+        # is refused before anything is written
+        cluster = RayCluster.connect(options.ray, options.candidate_cpus, options.candidate_gpus)
+        resources.callback(cluster.close)
     state_dir = out_dir / "state"
     fingerprint = _fingerprint(model_path, data, options)
     if options.resume:
@@ -137,10 +159,13 @@ def compile_model(model_path, data, out_dir, options: CompileOptions, log=print)
             raise InputError(f"nothing to resume in {out_dir} (no state/run.json)")
         if json.loads(saved.read_text()) != json.loads(json.dumps(fingerprint)):
             raise InputError("--resume: the model, data or options differ from the run being resumed")
-    else:
-        shutil.rmtree(state_dir, ignore_errors=True)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(state_dir / "run.json", json.dumps(fingerprint, indent=2))
+    world.barrier()  # every rank has read the old state before rank 0 replaces it
+    if world.is_main:
+        if not options.resume:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(state_dir / "run.json", json.dumps(fingerprint, indent=2))
+    world.barrier()
 
     total = cost.total(options.metric)
     current = Path(model_path)
@@ -155,15 +180,20 @@ def compile_model(model_path, data, out_dir, options: CompileOptions, log=print)
             log(f"round {k}/{options.rounds}: done before, skipped")
             continue
         goal = total / options.rate ** (k / options.rounds)
-        record = _run_round(k, current, model_path, data, goal, options, round_dir, log)
+        record = _run_round(k, current, model_path, data, goal, options, round_dir, log, cluster)
+        current = round_dir / "model.onnx"
+        if not world.is_main:
+            continue
         atomic.write_text(done, json.dumps(record, indent=2, default=float))
         rounds.append(record)
-        current = round_dir / "model.onnx"
 
     final_path = out_dir / "model.onnx"
+    if not world.is_main:
+        return CompileResult(out_dir, final_path, {})
     atomic.write_bytes(final_path, current.read_bytes())
     final = load_model(final_path)
     report = _report(model_path, original, final, rounds, options, started)
+    report["world_size"] = world.size
     library = None
     if options.target:
         from acc.backends.compile import build
@@ -178,7 +208,12 @@ def compile_model(model_path, data, out_dir, options: CompileOptions, log=print)
     return CompileResult(out_dir, final_path, report, library)
 
 
-def _run_round(k, current: Path, original_path, data, goal, options: CompileOptions, round_dir: Path, log) -> dict:
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _run_round(k, current: Path, original_path, data, goal, options: CompileOptions, round_dir: Path, log,
+               cluster: RayCluster | None = None) -> dict:
     started = time.time()
     model = normalize(load_model(current))
     analysis = analyze(model)
@@ -191,11 +226,19 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     prune_options = PruneOptions(rates=Rates(), train=config, labels=options.labels, limit=options.limit,
                                  test_limit=options.test_limit, checkpoint=round_dir / "admm.ckpt",
                                  resume=options.resume and (round_dir / "admm.ckpt").is_file(), progress=options.progress,
-                                 device=options.device, preprocess_model=original_path, teacher_model=original_path)
-    rates, search_trace = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir)
+                                 device=options.device, preprocess_model=original_path, teacher_model=original_path,
+                                 workers=options.workers, cache_mb=options.cache_mb, augment=options.augment)
+    world = distributed.current()
+    searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
+                       cluster) if world.is_main else None
+    rates, search_trace = world.broadcast(searched)
     prune_options.rates = to_rates(cost, rates)
     result = prune(current, data, prune_options)
-    atomic.write_bytes(round_dir / "model.onnx", result.model.SerializeToString())
+    if world.is_main:
+        atomic.write_bytes(round_dir / "model.onnx", result.model.SerializeToString())
+    world.barrier()  # the next round starts from this model on every rank
+    if not world.is_main:
+        return None
     r = result.report
     group_rates, column_rates = cost.split(rates)
     return {
@@ -210,43 +253,62 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     }
 
 
-def _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir):
-    search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k})
+def _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir, cluster=None):
+    started = time.time()
+    candidates = options.candidates or (cluster.capacity if cluster is not None else options.search.candidates)
+    search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k, "candidates": candidates})
     if options.strategy == "uniform":
         rates = Guidance(analysis, cost, search_cfg).uniform(goal, options.metric)
         return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg)}
-    scorer = build_scorer(model, analysis, current, data, prune_options, search_cfg, options.labels, options.device, cost)
-    guidance = Guidance(analysis, cost, search_cfg)
-    annealer = Annealer(guidance, scorer, goal, options.metric, search_cfg, checkpoint=round_dir / "search.json",
-                        progress=_SearchProgress(options.progress, k, options.rounds))
-    if options.resume:
-        annealer.resume()
-    best = annealer.run()
+    inputs = scorer_inputs(model, analysis, current, data, prune_options, search_cfg, options.labels, cost)
+    scoring = open_scoring(inputs, cost, options.device, cluster)
+    setup_seconds = time.time() - started
+    try:
+        guidance = Guidance(analysis, cost, search_cfg)
+        annealer = Annealer(guidance, scoring, goal, options.metric, search_cfg, checkpoint=round_dir / "search.json",
+                            progress=_SearchProgress(options.progress, k, options.rounds))
+        if options.resume:
+            annealer.resume()
+        best = annealer.run()
+    finally:
+        scoring.close()
     trace = {"trace": annealer.state.trace, "best_energy": annealer.state.best_energy,
              "evaluated": len(annealer.state.cache), "confirmation": annealer.state.confirmation,
-             "config": asdict(search_cfg)}
+             "config": asdict(search_cfg), "scoring": scoring.describe(),
+             "seconds": time.time() - started, "setup_seconds": setup_seconds}
     return best, trace
 
 
 def build_scorer(model, analysis, model_path, data, prune_options: PruneOptions, search_cfg: SearchConfig,
                  labels: bool | None, device: str, cost=None) -> OneShotScorer:
-    """The search's energy on `model`: validation, BN-calibration and fine-tune samples carved
-    from the round's training data (the validation part is never trained on)."""
+    """The search's energy on `model`, in this process (see scorer_inputs)."""
+    return scorer_inputs(model, analysis, model_path, data, prune_options, search_cfg, labels, cost).build(device)
+
+
+def scorer_inputs(model, analysis, model_path, data, prune_options: PruneOptions, search_cfg: SearchConfig,
+                  labels: bool | None, cost=None) -> ScorerInputs:
+    """What the search's energy on `model` is built from, in memory: validation, BN-calibration and
+    fine-tune samples carved from the round's training data (the validation part is never trained
+    on). The fine-tune sample is the `finetune_steps x finetune_batch` images the steps go through
+    once, the same for every candidate wherever it is scored."""
+    c = search_cfg
     input_shape = analysis.index.shape(analysis.index.input_names[0])
     train, val, _, _ = load_training_data(data, model_path, prune_options, input_shape)
     use_labels = train.labels is not None if labels is None else labels
     teacher = None
     if not use_labels:
-        teacher = TorchModel(normalize(load_model(prune_options.teacher_model or model_path))).module
-    bridge = TorchModel(model)
-    dev = torch.device(device)
-    bridge.to(dev)
-    if teacher is not None:
-        teacher.to(dev)
-    val_subset = val.sample(search_cfg.eval_images, seed=search_cfg.seed).to(dev)
-    calibration = train.sample(128 * search_cfg.bn_batches, seed=search_cfg.seed + 1).to(dev)
-    return OneShotScorer(analysis, bridge, Objective(teacher, use_labels=use_labels), val_subset, calibration,
-                         search_cfg, train=train.to(dev), cost=cost)
+        teacher = normalize(load_model(prune_options.teacher_model or model_path)).SerializeToString()
+    fine_tune = None
+    if c.finetune_steps > 0:
+        fine_tune = _in_memory(train.sample(c.finetune_steps * c.finetune_batch, seed=c.seed + 2))
+    return ScorerInputs(model=model.SerializeToString(), teacher=teacher, use_labels=use_labels,
+                        val=_in_memory(val.sample(c.eval_images, seed=c.seed)),
+                        calibration=_in_memory(train.sample(128 * c.bn_batches, seed=c.seed + 1)),
+                        train=fine_tune, config=c, columns=dict(cost.column_weights) or None if cost is not None else None)
+
+
+def _in_memory(data):
+    return getattr(data, "in_memory", lambda: data)()
 
 
 def _report(model_path, original: onnx.ModelProto, final: onnx.ModelProto, rounds, options, started) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from acc.commands.options import add_data_options, add_devices, spawned_ranks
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -23,6 +25,13 @@ def register(sub) -> None:
     p.add_argument("--eval-images", type=int, default=512, help="validation images that score a search candidate")
     p.add_argument("--search-finetune-steps", type=int, default=50,
                    help="masked SGD steps before a candidate is scored (default 50; 0: one-shot + BatchNorm re-estimation only)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="score the search's candidates in parallel on Ray: a cluster started here, or the one at "
+                   "ADDRESS (HOST:PORT, ray://HOST:PORT, auto); needs pip install 'acc[ray]'")
+    p.add_argument("--candidates", type=int, default=None, metavar="K",
+                   help="candidates per search step, scored as one batch (default 1; with --ray, the workers the cluster holds)")
+    p.add_argument("--candidate-cpus", type=float, default=None, help="CPUs per Ray worker (default 1)")
+    p.add_argument("--candidate-gpus", type=float, default=None, help="GPUs per Ray worker (default 0; 0.25 shares one GPU by four)")
     p.add_argument("--strategy", choices=["anneal", "uniform"], default="anneal",
                    help="anneal: search the per-layer rates (default); uniform: one rate for every group, the baseline")
     p.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of this many images")
@@ -33,9 +42,11 @@ def register(sub) -> None:
     sup.add_argument("--labels", dest="labels", action="store_true", default=None, help="train on labels (default when present)")
     sup.add_argument("--distill", dest="labels", action="store_false", help="learn the original model's outputs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
+    p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, cuda:N)")
+    add_devices(p)
     p.add_argument("--resume", action="store_true", help="continue a killed run in OUTDIR")
     p.add_argument("--no-progress", action="store_true")
+    add_data_options(p)
     p.set_defaults(func=run)
 
 
@@ -43,13 +54,20 @@ def run(args) -> int:
     from acc import api
     from acc.report import summary_table
 
+    code = spawned_ranks(args)
+    if code is not None:
+        return code
     result = api.compile(
         args.model, rate=args.rate, data=args.data, output=args.output, metric=args.metric, rounds=args.rounds,
         budget_epochs=args.budget_epochs, search_steps=args.search_steps, eval_images=args.eval_images,
         search_finetune_steps=args.search_finetune_steps, strategy=args.strategy,
         limit=args.limit, test_limit=args.test_limit, target=args.target, tune_trials=args.tune_trials,
         labels=args.labels, seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress,
+        workers=args.workers, cache_mb=args.cache_mb, augment=args.augment,
+        ray=args.ray, candidates=args.candidates, candidate_cpus=args.candidate_cpus, candidate_gpus=args.candidate_gpus,
     )
+    if not result.report:  # a rank other than 0: rank 0 reports
+        return 0
     print(summary_table(result.report))
     print(f"wrote {result.model_path}, {result.out_dir / 'report.json'}, {result.out_dir / 'report.md'}"
           + (f", {result.library}" if result.library else ""))

@@ -20,6 +20,9 @@
   Neither ranks candidates of a single 8x step, which is one reason the target is reached in rounds.
 - Annealing: temperature from t_start down to t_end, times `cooling` per step; perturbation size
   proportional to the temperature; a worse candidate is accepted with probability exp(-dE / T).
+  With `candidates` K > 1 a move draws K proposals from the current state, scores them as one
+  batch (in parallel when the scorer is a Ray pool, acc/prune/scoring.py) and the best of them is
+  the move; K = 1 is the plain annealing, draw for draw.
 - The search state (current, best, temperature, trace, random generator) is checkpointed after
   every step as JSON; a resumed search continues from the step it had reached.
 """
@@ -60,6 +63,7 @@ class SearchConfig:
     finetune_batch: int = 64
     finetune_lr: float = 0.01
     confirm_seeds: int = 2  # re-score the winner and the uniform start this many more times
+    candidates: int = 1  # proposals per move, scored as one batch (in parallel on Ray); the best is the move
     seed: int = 0
 
 
@@ -217,6 +221,12 @@ def max_reduction(analysis: Analysis, metric: str, config: SearchConfig | None =
     return cost.total(metric) / cost.measure(np.full(cost.size, config.max_rate), metric)
 
 
+def keep_counts(cost: CostModel, rates: np.ndarray) -> tuple:
+    """The structure a rate vector stands for (channels kept per group, per-mille column rates): the cache key."""
+    _, column_rates = cost.split(rates)
+    return tuple(int(k) for k in cost.kept_counts(rates)) + tuple(int(round(1000 * r)) for r in column_rates)
+
+
 class OneShotScorer:
     """Energy of a candidate: one-shot L1 pruning, BN re-estimation, a short masked fine-tune on
     `train` (when config.finetune_steps > 0), validation loss."""
@@ -234,9 +244,7 @@ class OneShotScorer:
         self.original = {k: v.detach().clone() for k, v in bridge.module.state_dict().items()}
 
     def keep_counts(self, rates: np.ndarray) -> tuple:
-        """The structure a rate vector stands for (channels kept per group, per-mille column rates): the cache key."""
-        _, column_rates = self.cost.split(rates)
-        return tuple(int(k) for k in self.cost.kept_counts(rates)) + tuple(int(round(1000 * r)) for r in column_rates)
+        return keep_counts(self.cost, rates)
 
     @torch.no_grad()
     def energy(self, rates: np.ndarray, seed_offset: int = 0) -> float:
@@ -329,10 +337,25 @@ class Annealer:
             atomic.write_text(self.checkpoint, json.dumps(asdict(self.state), default=_json_default))
 
     def score(self, rates: np.ndarray) -> float:
-        key = ",".join(map(str, self.scorer.keep_counts(rates)))
-        if key not in self.state.cache:
-            self.state.cache[key] = self.scorer.energy(rates)
-        return self.state.cache[key]
+        return self.score_batch([rates])[0]
+
+    def score_batch(self, candidates: list[np.ndarray]) -> list[float]:
+        """Energies of `candidates`; the structures not in the cache are scored as one batch."""
+        keys = [",".join(map(str, self.scorer.keep_counts(r))) for r in candidates]
+        todo = {}
+        for key, rates in zip(keys, candidates):
+            if key not in self.state.cache:
+                todo.setdefault(key, rates)
+        if todo:
+            for key, energy in zip(todo, self._energies([(rates, 0) for rates in todo.values()])):
+                self.state.cache[key] = energy
+        return [self.state.cache[key] for key in keys]
+
+    def _energies(self, batch: list[tuple[np.ndarray, int]]) -> list[float]:
+        """(rates, seed_offset) pairs scored by the pool (acc.prune.scoring), or one by one by a plain scorer."""
+        if hasattr(self.scorer, "energies"):
+            return list(self.scorer.energies(batch))
+        return [self.scorer.energy(rates, seed_offset=offset) for rates, offset in batch]
 
     def steps_total(self) -> int:
         c = self.config
@@ -360,8 +383,9 @@ class Annealer:
         if n <= 0 or not st.start or self.scorer.keep_counts(np.array(st.best)) == self.scorer.keep_counts(np.array(st.start)):
             return
         start_energy = st.trace[0]["energy"]
-        best = [st.best_energy] + [self.scorer.energy(np.array(st.best), seed_offset=i) for i in range(1, n + 1)]
-        start = [start_energy] + [self.scorer.energy(np.array(st.start), seed_offset=i) for i in range(1, n + 1)]
+        seeds = range(1, n + 1)
+        again = self._energies([(np.array(st.best), i) for i in seeds] + [(np.array(st.start), i) for i in seeds])
+        best, start = [st.best_energy] + again[:n], [start_energy] + again[n:]
         diff = np.array(best) - np.array(start)
         stderr = float(diff.std(ddof=1) / math.sqrt(len(diff)))
         kept = float(diff.mean()) + stderr < 0
@@ -369,6 +393,27 @@ class Annealer:
                            "standard_error": stderr, "kept_best": kept}
         if not kept:
             st.best, st.best_energy = list(st.start), start_energy
+
+    def _move(self) -> float:
+        """One move: `candidates` proposals from the current state, scored as one batch; the best of
+        them is accepted or not by the Metropolis rule. Every candidate goes into the trace."""
+        st, k = self.state, self.config.candidates
+        candidates = [self.propose(np.array(st.current)) for _ in range(k)]
+        energies = self.score_batch(candidates)
+        chosen = int(np.argmin(energies))
+        accepted = self.accept(energies[chosen] - st.current_energy)
+        if accepted:
+            st.current, st.current_energy = candidates[chosen].tolist(), energies[chosen]
+        st.step += 1
+        for i, (candidate, energy) in enumerate(zip(candidates, energies)):
+            if energy < st.best_energy:
+                st.best, st.best_energy = candidate.tolist(), energy
+            entry = {"step": st.step, "temperature": st.temperature, "energy": st.current_energy,
+                     "candidate_energy": energy, "accepted": accepted and i == chosen, "best_energy": st.best_energy}
+            if k > 1:
+                entry.update(candidate=i, chosen=i == chosen)
+            st.trace.append(entry)
+        return energies[chosen]
 
     def run(self) -> np.ndarray:
         st, c = self.state, self.config
@@ -383,16 +428,7 @@ class Annealer:
         total = self.steps_total()
         while not st.done and st.temperature > c.t_end:
             for _ in range(c.moves_per_temperature):
-                candidate = self.propose(np.array(st.current))
-                energy = self.score(candidate)
-                accepted = self.accept(energy - st.current_energy)
-                if accepted:
-                    st.current, st.current_energy = candidate.tolist(), energy
-                if energy < st.best_energy:
-                    st.best, st.best_energy = candidate.tolist(), energy
-                st.step += 1
-                st.trace.append({"step": st.step, "temperature": st.temperature, "energy": st.current_energy,
-                                 "candidate_energy": energy, "accepted": accepted, "best_energy": st.best_energy})
+                energy = self._move()
                 self.progress(step=st.step, steps=total, temperature=st.temperature, energy=energy, best=st.best_energy)
             st.temperature *= c.cooling
             self.save()
