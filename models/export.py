@@ -1,6 +1,7 @@
 """Build the models of models/ by name and export them to ONNX.
 
-`export_onnx` writes input "input" [batch, 3, 32, 32] float32 and output "logits", in eval mode.
+`export_onnx` writes input "input" [batch, 3, 32, 32] float32 (or the model's own `input_shape`:
+224x224 for the models of IMAGENET_REGISTRY) and output "logits", in eval mode.
 - dynamo=False (default): torch's legacy TorchScript exporter with do_constant_folding=False, so
   BatchNormalization nodes stay (constant folding would fold them into the convs).
 - dynamo=True: torch's default dynamo exporter, at its own default opset (20+ in torch 2.13) when
@@ -24,6 +25,8 @@ from torch import nn
 
 from models.mobilenetv2 import mobilenetv2
 from models.resnet_cifar import resnet18, resnet20, resnet56
+from models.resnet_imagenet import resnet18_imagenet
+from models.small224 import small224
 from models.vgg import vgg16
 
 REGISTRY = {
@@ -36,13 +39,31 @@ REGISTRY = {
 
 INPUT_SHAPE = (3, 32, 32)
 
+# Models for 224x224 inputs: name -> (factory, default number of classes). Kept apart from REGISTRY,
+# whose models are the CIFAR ones (tests/test_models.py checks each against its published counts at
+# 32x32); `build` and `export_onnx` take both.
+IMAGENET_REGISTRY = {
+    "resnet18_imagenet": (resnet18_imagenet, 1000),
+    "small224": (small224, 10),
+}
+IMAGENET_INPUT_SHAPE = (3, 224, 224)
 
-def build(name: str, num_classes: int = 10) -> nn.Module:
-    try:
-        factory = REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
-    return factory(num_classes=num_classes)
+
+def build(name: str, num_classes: int | None = None) -> nn.Module:
+    """A model by name; num_classes defaults to 10 (CIFAR models) or the model's own (1000 for
+    resnet18_imagenet)."""
+    if name in REGISTRY:
+        return REGISTRY[name](num_classes=10 if num_classes is None else num_classes)
+    if name in IMAGENET_REGISTRY:
+        factory, default = IMAGENET_REGISTRY[name]
+        return factory(num_classes=default if num_classes is None else num_classes)
+    known = sorted(REGISTRY) + sorted(IMAGENET_REGISTRY)
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(known)}")
+
+
+def input_shape_of(name: str) -> tuple[int, int, int]:
+    """(channels, height, width) a registered model is exported with."""
+    return IMAGENET_INPUT_SHAPE if name in IMAGENET_REGISTRY else INPUT_SHAPE
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -66,12 +87,20 @@ def export_onnx(
     dynamo: bool = False,
     opset: int = 17,
     batch: int = 1,
+    input_shape: tuple[int, int, int] | None = None,
 ) -> Path:
-    """Export a model (by registry name or as a module) in eval mode; returns the written path."""
-    model = build(model_name_or_module) if isinstance(model_name_or_module, str) else model_name_or_module
+    """Export a model (by registry name or as a module) in eval mode; returns the written path.
+
+    `input_shape` (channels, height, width) fixes the input: by default 3x32x32, or 3x224x224 for
+    a model named from IMAGENET_REGISTRY."""
+    if isinstance(model_name_or_module, str):
+        model = build(model_name_or_module)
+        input_shape = input_shape or input_shape_of(model_name_or_module)
+    else:
+        model = model_name_or_module
     was_training = model.training
     model.eval()
-    sample = torch.randn(batch, *INPUT_SHAPE)
+    sample = torch.randn(batch, *(input_shape or INPUT_SHAPE))
     path = Path(path)
     try:
         # The legacy exporter is deprecated but is the one that keeps BN nodes: silence the notice.
