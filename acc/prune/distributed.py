@@ -110,6 +110,10 @@ def setup(device: str = "cpu") -> World:
     backend = "nccl" if torch_device.type == "cuda" else "gloo"
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks share the machine's cores: more threads than cores in all makes every rank slower.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(minutes=WAIT_MINUTES))
         atexit.register(_teardown)
