@@ -6,8 +6,10 @@ augmentation parameters, acc.data.shard) and passes keys (index, mode, parameter
 DataLoader's batch_sampler; a worker turns a key into a model input with the same `View` the
 in-memory path uses. A decode error in a worker comes back as a `Failed` item, which the collate
 function passes through and the main process raises as one InputError line naming the file
-(torch's multi-line worker traceback never reaches the user). Workers persist between calls of
-`batches` on one object (one pool per object; a nested second iteration gets its own pool).
+(torch's multi-line worker traceback never reaches the user). Each iteration starts its own pool
+of workers (forked: cheap) and ends it, so only the loader being read holds worker processes:
+memory stays that of the main process plus one pool, however many data objects (train,
+validation, samples, ranks' shards) exist.
 """
 
 from __future__ import annotations
@@ -99,8 +101,6 @@ class StreamData:
         self.labels = None if source.labels is None else torch.from_numpy(source.labels[self.indices]).to(self.device)
         self.info = dict(info or {})
         self._items = Items(source, view)
-        self._loader = None  # the persistent pool, made on first use
-        self._busy = False
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -108,9 +108,6 @@ class StreamData:
     @property
     def has_labels(self) -> bool:
         return self.labels is not None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_loader": None, "_busy": False}
 
     def _derived(self, indices=None, device=None) -> "StreamData":
         return StreamData(self.source, self.view, self.indices if indices is None else indices, workers=self.workers,
@@ -156,7 +153,7 @@ class StreamData:
         if len(self) == 0:
             raise InputError(f"{self.source.path}: no items to load")
         inputs, start = None, 0
-        for x, _ in self._run(keys, persistent=False):
+        for x, _ in self._run(keys):
             if inputs is None:
                 inputs = torch.empty((len(self), *x.shape[1:]), dtype=x.dtype)
             elif x.shape[1:] != inputs.shape[1:]:
@@ -170,28 +167,13 @@ class StreamData:
         rows = [None] * len(sources) if params is None else params.tolist()
         return [(i, mode, row) for i, row in zip(sources, rows)]
 
-    def _run(self, keys, persistent: bool = True):
+    def _run(self, keys):
         """Collated batches of the key lists `keys` (on the CPU, pinned for a GPU); a Failed one is raised."""
-        if persistent and self.workers > 0 and not self._busy:
-            if self._loader is None:
-                self._loader = self._make_loader(Keys(), persistent=True)
-            loader = self._loader
-            loader.batch_sampler.plan = keys
-            self._busy = True
-        else:
-            loader, persistent = self._make_loader(Keys(keys), persistent=False), False
-        try:
-            for batch in loader:
-                if isinstance(batch, Failed):
-                    raise InputError(batch.message)
-                yield batch
-        finally:
-            if persistent:
-                self._busy = False
-
-    def _make_loader(self, keys: Keys, persistent: bool) -> DataLoader:
         # A private generator: the loader's worker seeds would otherwise be drawn from torch's global
         # one, and a streamed run would then draw other dropout masks than an in-memory one.
-        return DataLoader(self._items, batch_sampler=keys, num_workers=self.workers, collate_fn=self._items.collate,
-                          pin_memory=self.device.type == "cuda", persistent_workers=persistent and self.workers > 0,
-                          generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(self._items, batch_sampler=Keys(keys), num_workers=self.workers, collate_fn=self._items.collate,
+                            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0))
+        for batch in loader:
+            if isinstance(batch, Failed):
+                raise InputError(batch.message)
+            yield batch
