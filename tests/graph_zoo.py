@@ -238,9 +238,47 @@ ZOO = {
 }
 
 
+class NHWCInput(nn.Module):
+    """A channels-last graph input (TensorFlow style): the graph transposes it to NCHW first."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _bn(8), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = self.c2(self.c1(x.permute(0, 3, 1, 2)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TwoHeads(nn.Module):
+    """A shared trunk and two heads, two graph outputs: class scores and a dense box map."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _bn(8), nn.ReLU(),
+                                   nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.scores = nn.Conv2d(16, 4, 1)
+        self.boxes = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+
+    def forward(self, x):
+        x = self.trunk(x)
+        return self.scores(x).mean((2, 3)), torch.sigmoid(self.boxes(x))
+
+
+# Variants of the zoo's patterns in how a graph meets the world: name -> (module, input shape,
+# output names, whether the batch dim is symbolic).
+VARIANTS = {
+    "nhwc_input": (NHWCInput, (1, 8, 8, 3), ["out"], False),
+    "two_heads": (TwoHeads, (1, 3, 8, 8), ["scores", "boxes"], False),
+    "dynamic_batch": (ResidualStack, (2, 3, 8, 8), ["out"], True),
+}
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    module = ZOO[name][0]().eval()
+    module = (ZOO[name][0] if name in ZOO else VARIANTS[name][0])().eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.modules():
@@ -252,14 +290,22 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return module
 
 
+def input_shape(name: str) -> tuple[int, ...]:
+    return ZOO[name][1] if name in ZOO else VARIANTS[name][1]
+
+
 def export(name: str, path, dynamo: bool = False, seed: int = 0):
+    """Write zoo pattern or variant `name` with one exporter; a variant's batch dim may be symbolic."""
     module = build(name, seed)
-    sample = torch.randn(*ZOO[name][1])
+    sample = torch.randn(*input_shape(name))
+    outputs, symbolic = (["out"], False) if name in ZOO else VARIANTS[name][2:]
+    dynamic = {n: {0: "batch"} for n in ["input", *outputs]} if symbolic else None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            torch.onnx.export(module, (sample,), str(path), input_names=["input"], output_names=["out"], dynamo=True, verbose=False)
+            torch.onnx.export(module, (sample,), str(path), input_names=["input"], output_names=outputs, dynamo=True,
+                              verbose=False, dynamic_axes=dynamic)
         else:
-            torch.onnx.export(module, (sample,), str(path), input_names=["input"], output_names=["out"],
-                              opset_version=17, do_constant_folding=False, dynamo=False)
+            torch.onnx.export(module, (sample,), str(path), input_names=["input"], output_names=outputs,
+                              opset_version=17, do_constant_folding=False, dynamo=False, dynamic_axes=dynamic)
     return path

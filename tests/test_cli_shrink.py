@@ -70,3 +70,36 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "acc.cli", "shrink", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o.onnx")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("acc shrink: error: no such file")
+
+
+def test_lossless_shrink_never_writes_more_than_it_read(zoo_path, tmp_path, capsys):
+    # The legacy export of a Linear on the last axis transposes its weight at run time: the import
+    # folds it, and the weight it read must not stay beside the folded one.
+    model = zoo_path("channels_last_matmul")
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    code, _, _ = run_cli(["shrink", model, "-o", out, "--report", report], capsys)
+    data = json.loads(report.read_text())
+    assert code == 0 and data["unchanged"] is None
+    assert data["after"]["params"] == data["before"]["params"]
+    assert data["bytes"]["after"] == out.stat().st_size <= model.stat().st_size == data["bytes"]["before"]
+
+
+def test_lossless_shrink_that_would_grow_writes_the_input_back(zoo_path, tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from onnx import numpy_helper
+
+    import acc.passes.shrink as shrink_module
+
+    real = shrink_module.purify
+
+    def ballast(model):
+        result = real(model)
+        result.model.graph.initializer.append(numpy_helper.from_array(np.zeros(1000, np.float32), "ballast"))
+        return result
+
+    monkeypatch.setattr(shrink_module, "purify", ballast)
+    model, out, report = zoo_path("residual"), tmp_path / "p.onnx", tmp_path / "r.json"
+    code, text, _ = run_cli(["shrink", model, "-o", out, "--report", report], capsys)
+    assert code == 0 and "the input is returned unchanged" in text and "more parameters" in text
+    assert out.read_bytes() == onnx.load(model).SerializeToString()
+    assert "returned unchanged" in json.loads(report.read_text())["unchanged"]

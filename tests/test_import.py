@@ -89,3 +89,16 @@ def test_dynamo_graph_loses_allowzero_and_shape_arithmetic(zoo_path):
         assert node.op_type not in ("Shape", "Gather", "Constant")
         if node.op_type == "Reshape":
             assert not any(a.name == "allowzero" and a.i for a in node.attribute)
+
+
+def test_an_if_on_a_folded_condition_becomes_its_branch(zoo_path):
+    # The legacy export of LocalResponseNorm tests the input's rank in an If: with shapes fixed the
+    # condition folds, and the branch it takes replaces the If (onnx2torch converts no If).
+    path = zoo_path("unknown_op")
+    assert any(n.op_type == "If" for n in load_model(path).graph.node)
+    model = import_model(path)
+    assert not any(n.op_type in ("If", "Constant") for n in model.graph.node)
+    used = {i for n in model.graph.node for i in n.input}
+    assert all(t.name in used for t in model.graph.initializer)  # nothing left behind
+    diff = compare(load_model(path), model)[0]
+    assert diff.max_abs_error <= 1e-6 * diff.max_abs_output

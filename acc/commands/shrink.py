@@ -37,6 +37,9 @@ def print_summary(result) -> None:
     )
     changed = [r for r in result.group_rows() if r["width_after"] != r["width_before"]]
     worst = max((d.max_abs_error for d in result.diffs), default=0.0)
+    if result.unchanged:
+        print(result.unchanged)
+        return
     print(f"{len(changed)} of {len(result.group_rows())} groups narrowed; verified in onnxruntime (max abs error {worst:.2g})")
 
 

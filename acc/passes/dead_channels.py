@@ -181,6 +181,23 @@ class ZeroPropagation:
         return 0.0
 
 
+def _read_zero(analysis: Analysis, member, value_zero, width: int):
+    """Per column of `member`: True where every value it reads is provably zero.
+
+    A grouped conv's weight column k reads input position k of every group (the analysis ties
+    them into one channel): it reads zeros only when that position is zero in all groups.
+    """
+    if value_zero is None:
+        return None
+    if len(value_zero) == width:
+        return value_zero
+    node = analysis.index.nodes.get(member.node)
+    group = int(attrs_of(node).get("group", 1)) if node is not None and node.op_type == "Conv" else 1
+    if group > 1 and len(value_zero) == group * width:
+        return value_zero.reshape(group, width).all(axis=0)
+    return None
+
+
 def dead_channels(analysis: Analysis) -> dict[str, list[int]]:
     """group name -> indices of its channels that are provably dead."""
     zeros = ZeroPropagation(analysis)
@@ -198,8 +215,8 @@ def dead_channels(analysis: Analysis) -> dict[str, list[int]]:
             w = analysis.index.array(m.initializer)
             moved = np.moveaxis(w, m.axis, 0).reshape(w.shape[m.axis], -1)
             col_live = np.any(moved != 0, axis=1)
-            value_zero = zeros.zero.get(m.reads)
-            if value_zero is not None and len(value_zero) == len(col_live):
+            value_zero = _read_zero(analysis, m, zeros.zero.get(m.reads), len(col_live))
+            if value_zero is not None:
                 col_live &= ~value_zero
             for p in np.nonzero(in_group & col_live)[0]:
                 live[root_of[int(roots[p])]] = True

@@ -14,11 +14,16 @@ from onnx.reference import ReferenceEvaluator
 
 from acc.errors import InputError
 from acc.passes.base import Pass, opset_version
+from acc.passes.inputs import check_input_shapes
 
 MIN_OPSET = 11
 UPGRADE_TO = 13
 # Folding a node is skipped when its output would exceed this many elements (keeps files small).
 FOLD_MAX_ELEMENTS = 1 << 22
+# A fold may produce at most this many elements more than its constant inputs hold (shape
+# arithmetic: Shape, Range, ConstantOfShape of a few dims); Expand, Tile or ConstantOfShape that
+# would materialise a bigger tensor stay nodes, so the import never makes a model grow.
+FOLD_GROWTH_ELEMENTS = 64
 NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -94,7 +99,8 @@ class InitializersNotInputs(Pass):
 
 
 class FixInputDims(Pass):
-    """Replace symbolic or unknown input dims: batch by `batch`, others only where `shapes` names them."""
+    """Replace symbolic or unknown input dims: batch by `batch`, others only where `shapes` names them
+    (a shape must name a real input, with its rank, and keep the dims the model fixes)."""
 
     name = "fix-input-dims"
 
@@ -103,13 +109,12 @@ class FixInputDims(Pass):
         self.batch = batch
 
     def apply(self, model):
+        check_input_shapes(model, self.shapes)
         changed = False
         for inp in model.graph.input:
             dims = inp.type.tensor_type.shape.dim
             if inp.name in self.shapes:
                 want = self.shapes[inp.name]
-                if len(want) != len(dims):
-                    raise InputError(f"input '{inp.name}' has rank {len(dims)}, the given shape has {len(want)}")
                 for d, v in zip(dims, want):
                     if not (d.HasField("dim_value") and d.dim_value == v):
                         d.ClearField("dim_param")
@@ -273,7 +278,9 @@ class FoldConstants(Pass):
             values = evaluator.run(None, feeds)
         except Exception:
             return None  # not foldable here; analysis treats it like any other node
-        if any(np.asarray(v).size > FOLD_MAX_ELEMENTS for v in values):
+        produced = sum(int(np.asarray(v).size) for v in values)
+        consumed = sum(int(np.prod(consts[i].dims, dtype=np.int64)) for i in set(node.input) if i)
+        if any(np.asarray(v).size > FOLD_MAX_ELEMENTS for v in values) or produced > consumed + FOLD_GROWTH_ELEMENTS:
             return None
         return values
 
@@ -285,6 +292,118 @@ def _single_node_model(node, consts, opset):
     outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output]
     graph = helper.make_graph([node], "fold", inputs, outputs)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+AXES_OPS = {"Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+            "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
+
+
+class NonNegativeAxes(Pass):
+    """Squeeze, Unsqueeze and reductions count their axes from the front (ranks are static here).
+    onnx2torch applies negative axes one at a time, so a second one points at another dim:
+    Unsqueeze [-2, -1] of [N, C] gave [N, 1, C, 1], ReduceMax [-2, -1] without keepdims reduced C."""
+
+    name = "non-negative-axes"
+
+    def apply(self, model):
+        shapes = static_shapes(model)
+        inits = {t.name: t for t in model.graph.initializer}
+        changed = False
+        for node in model.graph.node:
+            if node.op_type not in AXES_OPS or node.domain not in ("", "ai.onnx"):
+                continue
+            shape = shapes.get(node.output[0] if node.op_type == "Unsqueeze" else node.input[0])
+            attr = next((a for a in node.attribute if a.name == "axes"), None)
+            from_input = attr is None and len(node.input) > 1 and node.input[1] in inits
+            axes = list(attr.ints) if attr is not None else numpy_helper.to_array(inits[node.input[1]]).tolist() if from_input else []
+            if shape is None or not any(a < 0 for a in axes):
+                continue
+            fixed = [int(a) % len(shape) for a in axes]
+            if attr is not None:
+                node.attribute.remove(attr)
+                node.attribute.append(helper.make_attribute("axes", fixed))
+            else:
+                name = f"{node.input[1]}__{node.name}"
+                model.graph.initializer.append(numpy_helper.from_array(np.array(fixed, dtype=np.int64), name))
+                node.input[1] = name  # the old one goes with the unused initializers
+            changed = True
+        return changed
+
+
+class InlineConstantIf(Pass):
+    """An If whose condition folded to a constant (exporters test a rank or a dim the import has
+    fixed) becomes the nodes of the branch it takes; its Constant nodes become initializers."""
+
+    name = "inline-constant-if"
+
+    def apply(self, model):
+        graph = model.graph
+        inits = {t.name: t for t in graph.initializer}
+        outer = {o for n in graph.node for o in n.output} | set(inits) | {i.name for i in graph.input}
+        nodes, changed = [], False
+        for node in graph.node:
+            branch = self._branch(node, inits)
+            inner = [] if branch is None else [o for n in branch.node for o in n.output]
+            if branch is None or len(branch.output) != len(node.output) or outer & set(inner):
+                nodes.append(node)
+                continue
+            for k, inner_node in enumerate(branch.node):
+                tensor = _constant_value(inner_node) if inner_node.op_type == "Constant" else None
+                if tensor is not None:
+                    tensor.name = inner_node.output[0]
+                    graph.initializer.append(tensor)
+                else:
+                    inner_node.name = f"{node.name}/{inner_node.name or inner_node.op_type}_{k}"  # unique, like NameNodes
+                    nodes.append(inner_node)
+            for i, (result, out) in enumerate(zip(branch.output, node.output)):
+                nodes.append(helper.make_node("Identity", [result.name], [out], name=f"{node.name}_taken_{i}"))
+            changed = True
+        if changed:
+            del graph.node[:]
+            graph.node.extend(nodes)
+        return changed
+
+    @staticmethod
+    def _branch(node, inits):
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx") or node.input[0] not in inits:
+            return None
+        cond = numpy_helper.to_array(inits[node.input[0]])
+        if cond.size != 1:
+            return None
+        taken = "then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"
+        return next((a.g for a in node.attribute if a.name == taken), None)
+
+
+def used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of `graph` (or of a subgraph inside one: If/Loop/Scan bodies read
+    outer-scope names) takes as input, and the graph's outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= used_names(sub)
+    return names
+
+
+class DropUnusedInitializers(Pass):
+    """Initializers that no node reads go (folding leaves its inputs behind, and a model that
+    carried a weight twice, once as read and once folded, would keep both)."""
+
+    name = "drop-unused-initializers"
+
+    def apply(self, model):
+        return drop_unused_initializers(model)
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> bool:
+    """In place; initializers named as graph inputs (overridable defaults) stay. True if any went."""
+    graph = model.graph
+    keep_names = used_names(graph) | {i.name for i in graph.input}
+    unused = [i for i, t in enumerate(graph.initializer) if t.name not in keep_names]
+    for i in reversed(unused):
+        del graph.initializer[i]
+    return bool(unused)
 
 
 class ExplicitPads(Pass):

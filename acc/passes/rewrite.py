@@ -11,6 +11,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from acc.passes.analysis import Analysis
+from acc.passes.normalize import drop_unused_initializers
 from acc.passes.plan import Plan, Removal
 
 
@@ -30,6 +31,7 @@ def rewrite(analysis: Analysis, plan: Plan) -> onnx.ModelProto:
     nodes = {n.name: n for n in model.graph.node}
     for fix in analysis.fixes:
         _apply_fix(model, nodes[fix.node], fix, removal, inits)
+    drop_unused_initializers(model)
     # Intermediate shapes changed: drop them and infer again; graph outputs are boundaries.
     del model.graph.value_info[:]
     return shape_inference.infer_shapes(model, strict_mode=False)

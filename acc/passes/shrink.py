@@ -2,6 +2,11 @@
 
 Nothing is returned that has not passed verification: lossless purification is compared with the
 model as loaded; ratio pruning with the masked model (same graph, removed channels zeroed).
+
+Lossless purification never returns more than it was given: its output drops the inferred shapes
+of intermediate tensors (any consumer infers them again), and should it still hold more parameters
+or more bytes than the input (an import that could not avoid growing it), the input itself is
+returned, unchanged, and the result says why.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from acc.passes.counting import Counts, count
 from acc.passes.importer import normalize
 from acc.passes.load import load_model
 from acc.passes.mask import masked_model
+from acc.passes.normalize import ConstantsToInitializers
 from acc.passes.oneshot import check_ratio, ratio_plan
 from acc.passes.plan import Plan
 from acc.passes.purify import purify
@@ -32,6 +38,9 @@ class ShrinkResult:
     plan: Plan
     analysis: Analysis
     diffs: list[OutputDiff] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    unchanged: str | None = None  # why the input was returned as it was given (lossless mode)
 
     def group_rows(self) -> list[dict]:
         rows = []
@@ -53,6 +62,8 @@ class ShrinkResult:
             "mode": self.mode,
             "before": self.before.as_dict(),
             "after": self.after.as_dict(),
+            "bytes": {"before": self.bytes_before, "after": self.bytes_after},
+            "unchanged": self.unchanged,
             "groups": self.group_rows(),
             "boundaries": [{"where": b.where, "reason": b.reason} for b in self.analysis.boundaries],
             "verification": [
@@ -73,14 +84,42 @@ def shrink(
         check_ratio(ratio)
     model = normalize(original, input_shapes)
     analysis = analyze(model)
-    before = count(model, analysis.index)
-    if ratio is None:
-        purified = purify(model)
-        out, plan, reference = purified.model, purified.plan, original
-        what = "purified model"
-    else:
+    before = given_counts(original, count(model, analysis.index))
+    size = original.ByteSize()
+    if ratio is not None:
         plan = ratio_plan(analysis, ratio, criterion)
-        out, reference = rewrite(analysis, plan), masked_model(analysis, plan)
-        what = "shrunk model"
-    diffs = verify_equal(reference, out, what=what)
-    return ShrinkResult(out, "purify" if ratio is None else "ratio", before, count(out), plan, analysis, diffs)
+        out = rewrite(analysis, plan)
+        diffs = verify_equal(masked_model(analysis, plan), out, what="shrunk model")
+        return ShrinkResult(out, "ratio", before, count(out), plan, analysis, diffs, size, out.ByteSize())
+    purified = purify(model)
+    diffs = verify_equal(original, purified.model, what="purified model")
+    after = count(purified.model)
+    out = without_inferred_shapes(purified.model)
+    grew = growth(before, after, size, out.ByteSize())
+    if grew is not None:
+        unchanged = f"the input is returned unchanged: purification would have given {grew}"
+        return ShrinkResult(original, "purify", before, before, Plan(), analysis, [], size, size, unchanged)
+    return ShrinkResult(out, "purify", before, after, purified.plan, analysis, diffs, size, out.ByteSize())
+
+
+def given_counts(original: onnx.ModelProto, imported: Counts) -> Counts:
+    """The parameters of the model as given (its Constant nodes' weights included); the FLOPs of
+    its import (they need the shapes the import infers)."""
+    given = count(ConstantsToInitializers()(original).model)
+    return Counts(given.params, given.nonzero_params, imported.flops, imported.node_flops)
+
+
+def without_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    slim = onnx.ModelProto()
+    slim.CopyFrom(model)
+    del slim.graph.value_info[:]
+    return slim
+
+
+def growth(before: Counts, after: Counts, bytes_before: int, bytes_after: int) -> str | None:
+    """What a lossless result holds more of than its input, in words; None when it holds no more."""
+    if after.params > before.params:
+        return f"more parameters ({after.params:,} > {before.params:,})"
+    if bytes_after > bytes_before:
+        return f"a bigger file ({bytes_after:,} > {bytes_before:,} bytes)"
+    return None

@@ -63,6 +63,83 @@ class LiveTensors(Mapping):
         return len(self._views)
 
 
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+def conversion_error(model: onnx.ModelProto, err: Exception) -> str:
+    """One line naming the node whose converter failed (found by converting node by node)."""
+    from onnx2torch.node_converters.registry import get_converter
+    from onnx2torch.onnx_graph import OnnxGraph
+    from onnx2torch.utils.safe_shape_inference import safe_shape_inference
+
+    try:
+        graph = OnnxGraph(safe_shape_inference(model).graph)
+        opsets = {o.domain: o.version for o in model.opset_import}
+        for node in graph.nodes.values():
+            try:
+                get_converter(node.operation_type, opsets.get(node.domain, 1), node.domain)(node, graph)
+            except Exception as node_err:  # noqa: BLE001 - any converter failure is the user's answer
+                return f"{node.operation_type} '{node.name}' cannot be converted to torch for training ({_one_line(node_err)})"
+    except Exception:  # noqa: BLE001 - the search for the node is best effort
+        pass
+    return f"the model cannot be converted to torch for training ({_one_line(err)})"
+
+
+class _NodeFailure(Exception):
+    def __init__(self, fx_node, error):
+        super().__init__()
+        self.fx_node, self.error = fx_node, error
+
+
+class _NamingInterpreter(torch.fx.Interpreter):
+    def run_node(self, n):
+        try:
+            return super().run_node(n)
+        except Exception as err:  # noqa: BLE001 - re-raised with the node's name
+            raise _NodeFailure(n, err) from None
+
+
+def _probe_inputs(model: onnx.ModelProto, batch: int) -> list[torch.Tensor] | None:
+    inits = {t.name for t in model.graph.initializer}
+    gen = torch.Generator().manual_seed(0)
+    feeds = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        if None in dims:
+            return None
+        if len(dims) >= 3:
+            dims[0] = batch  # image-like inputs are batched in training
+        dtype = torch.from_numpy(np.zeros(0, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))).dtype
+        feeds.append(torch.randn(dims, generator=gen).to(dtype) if dtype.is_floating_point else torch.zeros(dims, dtype=dtype))
+    return feeds
+
+
+def check_runs(module: torch.fx.GraphModule, model: onnx.ModelProto, nodes: dict, batch: int = 2) -> None:
+    """Run the converted module once on a batch of `batch`: a converter that computes something
+    other than the ONNX op (a wrong rank, a batch-1 assumption) fails here, as one line that
+    names the node, instead of as a traceback in the middle of training."""
+    feeds = _probe_inputs(model, batch)
+    if feeds is None:
+        return
+    try:
+        with torch.no_grad():
+            _NamingInterpreter(module).run(*feeds)
+    except _NodeFailure as failure:
+        n = failure.fx_node
+        while n.op != "call_module" and n.all_input_nodes:
+            n = n.all_input_nodes[0]  # getitem of a multi-output node: name that node
+        node = nodes.get(n.target) if n.op == "call_module" else None
+        where = f"{node.op_type} '{node.name}'" if node is not None else f"'{n.name}'"
+        raise InputError(
+            f"{where} does not run in torch on a batch of {batch} after conversion ({_one_line(failure.error)})"
+        ) from None
+
+
 class TorchModel:
     """A converted model: `module` trains; `views[name]` is the torch side of ONNX initializer `name`."""
 
@@ -74,9 +151,10 @@ class TorchModel:
         try:
             self.module: torch.fx.GraphModule = onnx2torch.convert(model, attach_onnx_mapping=True)
         except Exception as err:
-            raise InputError(f"the model cannot be converted to torch for training: {err}") from None
+            raise InputError(conversion_error(model, err)) from None
         self.module.eval()
         nodes = {OnnxGraph.generate_node_name(n): n for n in model.graph.node}
+        check_runs(self.module, model, nodes)
         self.views: dict[str, TensorView] = {}
         for name, submodule in self.module.named_children():
             node = nodes.get(name)
