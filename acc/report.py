@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 from acc import atomic
@@ -42,6 +44,55 @@ def summary_table(report: dict) -> str:
     return table(["", "before", "after", "reduction"], summary_rows(report), {1, 2, 3})
 
 
+LABEL_CHARS = 22
+_OP_TYPE = re.compile(r"[A-Z][A-Za-z0-9]*(_\d+)?")
+
+
+def group_labels(names: list[str]) -> list[str]:
+    """Short labels that tell groups apart, for plots: the most specific end of each node name.
+
+    "/layers/layers.1/layers.1.0/conv1/Conv" -> "layers.1.0/conv1": path parts that the next part
+    extends ("layers" before "layers.1") and a trailing op type go, then labels that are alike take
+    one more part each until they differ; labels still alike, or longer than LABEL_CHARS, are
+    numbered instead ("#7", the row of report.md's channel-group table).
+    """
+    parts = [_name_parts(name) for name in names]
+    taken = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-k:]) for p, k in zip(parts, taken)]
+        counts = Counter(labels)
+        longer = [i for i, label in enumerate(labels) if counts[label] > 1 and taken[i] < len(parts[i])]
+        if not longer:
+            break
+        for i in longer:
+            taken[i] += 1
+    return [label if counts[label] == 1 and len(label) <= LABEL_CHARS else f"#{i}" for i, label in enumerate(labels, start=1)]
+
+
+def _name_parts(name: str) -> list[str]:
+    parts = [p for p in name.split("/") if p]
+    parts = [p for i, p in enumerate(parts) if i + 1 == len(parts) or not parts[i + 1].startswith(p)]
+    if len(parts) > 1 and _OP_TYPE.fullmatch(parts[-1]):
+        parts = parts[:-1]
+    return parts or [name]
+
+
+def input_line(info: dict | None) -> str | None:
+    """The image input in words: name, layout, working shape, and what became of its free dims."""
+    if not info:
+        return None
+    text = f"Input '{info['name']}': {info['layout']}, {'x'.join(map(str, info['shape']))}"
+    dims = info.get("free_dims") or {}
+    if dims.get("free"):
+        free = ", ".join(f"{name} {'x'.join('?' if d is None else str(d) for d in shape)}" for name, shape in dims["free"].items())
+        if dims.get("kept"):
+            checked = ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in (dims.get("checked_at") or {}).items())
+            text += f"; free dims kept ({free}), verified also at {checked}"
+        else:
+            text += f"; free dims pinned to this shape: {dims.get('reason')}"
+    return text
+
+
 def _plots(out_dir: Path, report: dict) -> list[str]:
     import matplotlib
 
@@ -54,7 +105,8 @@ def _plots(out_dir: Path, report: dict) -> list[str]:
     xs = range(len(widths))
     ax.bar(xs, [w["before"] for w in widths], color="#c8d3e0", label="before")
     ax.bar(xs, [w["after"] for w in widths], color="#2d6fb3", label="after")
-    ax.set_xticks(list(xs), [w["group"].strip("/").split("/")[0][:18] for w in widths], rotation=75, fontsize=7)
+    labels = dict(zip([w["group"] for w in report["widths"]], group_labels([w["group"] for w in report["widths"]])))
+    ax.set_xticks(list(xs), [labels[w["group"]] for w in widths], rotation=75, fontsize=7)
     ax.set_ylabel("channels")
     ax.set_title("Channel-group widths")
     ax.legend()
@@ -117,14 +169,18 @@ def markdown(report: dict, plots: list[str]) -> str:
     lines = ["# acc compile report", "", f"Model: `{report['model']}`  ",
              f"Requested: {report['rate_requested']:g}x fewer {report['metric']} in {report['rounds']} rounds; "
              f"{report['seconds']:.0f} s in all.", "", summary_table(report), ""]
+    if input_line(report.get("input")):
+        lines += [input_line(report["input"]), ""]
     lines += ["## Rounds", ""]
     lines.append(table(["round", "goal", "parameters", "non-zero", "FLOPs", "accuracy", "seconds"],
                        [[r["round"], human(r["goal"]), human(r["params_after"]), human(r.get("nonzero_after") or r["params_after"]),
                          human(r["flops_after"]), _acc(r["accuracy_after"].get("test") or r["accuracy_after"].get("val")),
                          f"{r['seconds']:.0f}"] for r in report["per_round"]], {1, 2, 3, 4, 5, 6}))
     lines += ["", "## Channel groups", ""]
-    lines.append(table(["group", "before", "after"], [[w["group"], w["before"], w["after"] if w["after"] is not None else "-"]
-                                                      for w in report["widths"]], {1, 2}))
+    labels = group_labels([w["group"] for w in report["widths"]])
+    lines.append(table(["#", "plot label", "group", "before", "after"],
+                       [[i, label, w["group"], w["before"], w["after"] if w["after"] is not None else "-"]
+                        for i, (label, w) in enumerate(zip(labels, report["widths"]), start=1)], {0, 3, 4}))
     lines += ["", "## Rates chosen by the search (per round)", ""]
     for r in report["per_round"]:
         shown = ", ".join(f"{k}: {v:.2f}" for k, v in r["rates"].items())

@@ -139,5 +139,4 @@ def write_pack(path: str | os.PathLike, images_jpeg_bytes, labels, classes) -> P
         # np.savez adds ".npz" to names without it: write through a handle to keep the temp name.
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, jpeg=jpeg, offsets=offsets, labels=labels.astype(dtype), classes=classes)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a pack is data to share
     return Path(path)

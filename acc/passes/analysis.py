@@ -15,6 +15,7 @@ import onnx
 from acc.passes.base import opset_version
 from acc.passes.channels import ElementTable, Member, ShapeFix, TensorChannels
 from acc.passes.graph_index import GraphIndex, attrs_of
+from acc.passes.inputs import infer_layout
 from acc.passes.op_rules import RULES
 
 
@@ -151,7 +152,7 @@ def analyze(model: onnx.ModelProto) -> Analysis:
     for name in ctx.index.input_names:
         shape = ctx.index.shape(name)
         if shape is not None and len(shape) >= 2:
-            ctx.channels_of(name, axis=1)
+            ctx.channels_of(name, axis=input_channel_axis(ctx.index, name))
     for node in ctx.index.topological_nodes():
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
@@ -168,6 +169,33 @@ def analyze(model: onnx.ModelProto) -> Analysis:
     _freeze_unclaimed_constants(ctx)
     groups = _build_groups(ctx)
     return Analysis(model, ctx.index, ctx.elements, ctx.members, ctx.fixes, groups, ctx.boundaries, ctx.channels)
+
+
+# Ops an image input may pass through (normalisation, casts) before an NHWC model's Transpose.
+_PREPROCESSING_OPS = {"Sub", "Add", "Mul", "Div", "Cast", "Identity"}
+
+
+def input_channel_axis(index: GraphIndex, name: str) -> int:
+    """The channel axis of a graph input: 3 for an NHWC image (its shape says so, or it reaches a
+    Transpose to NCHW through preprocessing ops), else 1. The input stays whole either way; the
+    axis only lets the channels be followed into the first Conv."""
+    shape = index.shape(name) or ()
+    if len(shape) != 4:
+        return 1
+    tensor = name
+    for _ in range(8):
+        users = index.consumers.get(tensor, [])
+        if len(users) != 1:
+            break
+        node = users[0][0]
+        if node.op_type == "Transpose":
+            if list(attrs_of(node).get("perm", [])) == [0, 3, 1, 2]:
+                return 3
+            break
+        if node.op_type not in _PREPROCESSING_OPS or not node.output:
+            break
+        tensor = node.output[0]
+    return 3 if infer_layout(list(shape)) == "NHWC" else 1
 
 
 def _freeze_unclaimed_constants(ctx: AnalysisContext) -> None:

@@ -42,9 +42,15 @@ def session(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def random_inputs(model: onnx.ModelProto, seed: int = 0, samples: int = 2) -> list[dict[str, np.ndarray]]:
+def random_inputs(model: onnx.ModelProto, seed: int = 0, samples: int = 2,
+                  like: onnx.ModelProto | None = None) -> list[dict[str, np.ndarray]]:
+    """Seeded inputs of `model`'s declared shapes; a free dim takes `like`'s size for it (the model
+    a free-dim original is compared with was imported at one shape), else 1."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
+    fixed = {}
+    for inp in like.graph.input if like is not None else []:
+        fixed[inp.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
     feeds = []
     for _ in range(samples):
         feed = {}
@@ -52,7 +58,9 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0, samples: int = 2) -> li
             if inp.name in inits:
                 continue
             tt = inp.type.tensor_type
-            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+            other = fixed.get(inp.name, [])
+            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                     else (other[i] if i < len(other) and other[i] > 0 else 1) for i, d in enumerate(tt.shape.dim)]
             dtype = _NP_TYPES.get(tt.elem_type, np.float32)
             if np.issubdtype(dtype, np.floating):
                 feed[inp.name] = rng.standard_normal(shape).astype(dtype)
@@ -66,7 +74,7 @@ def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, seed: int = 
     ref, cand = session(reference), session(candidate)
     names = [o.name for o in ref.get_outputs()]
     diffs = {n: OutputDiff(n, 0.0, 0.0) for n in names}
-    for feed in random_inputs(reference, seed, samples):
+    for feed in random_inputs(reference, seed, samples, like=candidate):
         a = ref.run(names, feed)
         b = cand.run(names, feed)
         for n, x, y in zip(names, a, b):
