@@ -39,11 +39,29 @@ def shrink(
         if path is not None:
             atomic.check_output_path(path)
     result = _shrink(model, ratio=ratio, criterion=criterion, input_shapes=input_shapes)
+    result.model = _keep_free_dims(model, result)
     if output is not None:
         atomic.write_bytes(output, result.model.SerializeToString())
     if report is not None:
         atomic.write_text(report, json.dumps(result.report(), indent=2))
     return result
+
+
+def _keep_free_dims(source, result: ShrinkResult):
+    """The shrunk model with the free (symbolic) dims of `source`, where a second shape verifies it
+    (acc.passes.free_dims); else as it was made, at the imported shape."""
+    import onnx
+
+    from acc.passes.free_dims import free_dims, keep_free_dims
+    from acc.passes.load import load_model
+    from acc.passes.mask import masked_model
+
+    original = source if isinstance(source, onnx.ModelProto) else load_model(source)
+    if getattr(result, "unchanged", None) or not free_dims(original):  # nothing to give back
+        return result.model
+    imported = result.analysis.model
+    masked = imported if result.mode == "purify" else masked_model(result.analysis, result.plan)
+    return keep_free_dims(original, result.model, imported, masked).model
 
 
 def prune(
@@ -73,12 +91,20 @@ def prune(
     criterion: str = "l2",
     test_limit: int | None = None,
     purify_evaluations: int = 24,
+    purify: bool = True,
+    purify_tolerance: float = 1e-3,
     workers: int | None = None,
     cache_mb: float = 1024.0,
     augment: str | None = None,
+    input_shapes: dict | None = None,
+    layout: str | None = None,
 ):
     """ADMM structured pruning with given rates (a rates JSON path or dict, or `uniform`), then
-    purification, masked fine-tuning, rewrite and verification. Returns a PruneResult."""
+    masked fine-tuning, purification, rewrite and verification. Returns a PruneResult.
+
+    `purify=False` skips near-zero purification (the lossless part always runs);
+    `purify_tolerance` is the relative validation-loss increase its removals may cost.
+    `input_shapes` ({name: dims}) and `layout` ("NCHW"/"NHWC") are --input-shape and --layout."""
     from acc.errors import InputError
     from acc.prune.admm import TrainConfig
     from acc.prune.pipeline import PruneOptions
@@ -90,6 +116,7 @@ def prune(
             atomic.check_output_path(path)
     if (rates is None) == (uniform is None):
         raise InputError("give exactly one of --rates and --uniform")
+    _check_purify_tolerance(purify_tolerance)
     if checkpoint is None and output is not None:
         checkpoint = f"{output}.ckpt"
     if resume and checkpoint is None:
@@ -120,7 +147,9 @@ def prune(
     options = PruneOptions(rates=Rates(), scheme=scheme, train=config, labels=labels, limit=limit,
                            checkpoint=checkpoint, resume=resume, progress=progress, device=device,
                            criterion=criterion, test_limit=test_limit, purify_max_evaluations=purify_evaluations,
-                           workers=workers, cache_mb=cache_mb, augment=augment)
+                           purify=purify, purify_tolerance=purify_tolerance,
+                           workers=workers, cache_mb=cache_mb, augment=augment, input_shapes=input_shapes,
+                           layout=layout)
     result = _prune(model, data, options, rates_from_analysis=choose)
     if result.model is None:  # a rank other than 0 of a multi-process run: rank 0 writes
         return result
@@ -162,6 +191,10 @@ def compile(  # noqa: A001 - the verb users know
     candidates: int | None = None,
     candidate_cpus: float | None = None,
     candidate_gpus: float | None = None,
+    purify: bool = True,
+    purify_tolerance: float = 1e-3,
+    input_shapes: dict | None = None,
+    layout: str | None = None,
     log=print,
 ):
     """The whole AutoCompress pipeline (see acc.autocompress). Returns a CompileResult whose
@@ -169,13 +202,15 @@ def compile(  # noqa: A001 - the verb users know
 
     `ray=True` (or "local") scores the search's candidates on a Ray cluster started for the run,
     `ray="HOST:PORT"` on an existing one; `candidates` per search step (default 1, or with Ray
-    the workers the cluster holds), each Ray worker with `candidate_cpus` (1) and `candidate_gpus` (0)."""
+    the workers the cluster holds), each Ray worker with `candidate_cpus` (1) and `candidate_gpus` (0).
+    `purify` and `purify_tolerance` as for `prune`, in every round."""
     import math
 
     from acc.autocompress import CompileOptions, compile_model, parse_rate
     from acc.errors import InputError
     from acc.prune.search import SearchConfig
 
+    _check_purify_tolerance(purify_tolerance)
     if search_finetune_steps < 0:
         raise InputError("--search-finetune-steps must be 0 or more")
     if candidates is not None and candidates < 1:
@@ -194,8 +229,16 @@ def compile(  # noqa: A001 - the verb users know
                              target=target, tune_trials=tune_trials, strategy=strategy, workers=workers,
                              cache_mb=cache_mb, augment=augment, ray=ray, candidates=candidates,
                              candidate_cpus=1.0 if candidate_cpus is None else candidate_cpus,
-                             candidate_gpus=0.0 if candidate_gpus is None else candidate_gpus)
+                             candidate_gpus=0.0 if candidate_gpus is None else candidate_gpus,
+                             input_shapes=input_shapes, layout=layout, purify=purify, purify_tolerance=purify_tolerance)
     return compile_model(model, data, output, options, log=log)
+
+
+def _check_purify_tolerance(tolerance: float) -> None:
+    from acc.errors import InputError
+
+    if not tolerance >= 0:
+        raise InputError(f"--purify-tolerance must be 0 or more (a relative loss increase, 0.001 = 0.1 %), got {tolerance}")
 
 
 def build(model: str | os.PathLike, target: str | None = "host", output: str | os.PathLike | None = None, **options):

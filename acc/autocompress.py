@@ -17,7 +17,7 @@ import re
 import shutil
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -31,7 +31,8 @@ from acc.passes.load import load_model
 from acc.prune import distributed
 from acc.prune.admm import TrainConfig
 from acc.prune.cost import METRICS
-from acc.prune.pipeline import PruneOptions, load_training_data, prune
+from acc.prune.objective import choose_supervision, output_kinds
+from acc.prune.pipeline import PruneOptions, load_training_data, prune, resolve_input
 from acc.prune.rates import Rates, layer_schemes
 from acc.prune.scoring import RayCluster, ScorerInputs, open_scoring
 from acc.prune.search import Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, max_reduction, to_rates
@@ -79,6 +80,10 @@ class CompileOptions:
     candidates: int | None = None  # per search step; None: search.candidates, or with ray what the cluster holds
     candidate_cpus: float = 1.0  # per Ray worker
     candidate_gpus: float = 0.0  # per Ray worker (fractions share a GPU)
+    purify: bool = True  # near-zero purification after each round's fine-tuning (acc.prune.purify)
+    purify_tolerance: float = 1e-3  # relative validation-loss increase it may cost
+    input_shapes: dict[str, list[int]] | None = None  # --input-shape (resolved: the shape every round works at)
+    layout: str | None = None  # NCHW or NHWC (resolved from the preprocess JSON or the input's shape)
 
 
 @dataclass
@@ -132,7 +137,10 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
         raise InputError(f"output folder's parent does not exist: {out_dir.parent}")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output path exists and is not a folder: {out_dir}")
-    original = normalize(load_model(model_path))
+    loaded = load_model(model_path)
+    image = resolve_input(loaded, model_path, options.layout, options.input_shapes)
+    options = replace(options, input_shapes=image.shapes, layout=image.layout)
+    original = normalize(loaded, image.shapes)
     analysis = analyze(original)
     cost = cost_model(analysis, options.metric)
     reachable = max_reduction(analysis, options.metric, options.search)
@@ -191,14 +199,16 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
     if not world.is_main:
         return CompileResult(out_dir, final_path, {})
     atomic.write_bytes(final_path, current.read_bytes())
-    final = load_model(final_path)
+    final = normalize(load_model(final_path), options.input_shapes)  # counted at the shape the run worked at
     report = _report(model_path, original, final, rounds, options, started)
+    report["input"] = {**image.to_json(), "free_dims": rounds[-1]["prune"].get("input", {}).get("free_dims")}
     report["world_size"] = world.size
     library = None
     if options.target:
         from acc.backends.compile import build
 
-        built = build(final_path, options.target, out_dir / "model.so", tune_trials=options.tune_trials, log=log)
+        built = build(final_path, options.target, out_dir / "model.so", tune_trials=options.tune_trials, log=log,
+                      input_shapes=options.input_shapes)  # the shape the run worked at, where the model's dims are free
         library = built.library
         report["library"] = {"path": str(library), "metadata": str(built.metadata), "target": built.target,
                              "seconds": built.seconds}
@@ -215,7 +225,7 @@ def _silent(*args, **kwargs) -> None:
 def _run_round(k, current: Path, original_path, data, goal, options: CompileOptions, round_dir: Path, log,
                cluster: RayCluster | None = None) -> dict:
     started = time.time()
-    model = normalize(load_model(current))
+    model = normalize(load_model(current), options.input_shapes)
     analysis = analyze(model)
     cost = cost_model(analysis, options.metric)
     before = cost.total(options.metric)
@@ -227,7 +237,9 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
                                  test_limit=options.test_limit, checkpoint=round_dir / "admm.ckpt",
                                  resume=options.resume and (round_dir / "admm.ckpt").is_file(), progress=options.progress,
                                  device=options.device, preprocess_model=original_path, teacher_model=original_path,
-                                 workers=options.workers, cache_mb=options.cache_mb, augment=options.augment)
+                                 workers=options.workers, cache_mb=options.cache_mb, augment=options.augment,
+                                 input_shapes=options.input_shapes, layout=options.layout,
+                                 purify=options.purify, purify_tolerance=options.purify_tolerance)
     world = distributed.current()
     searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
                        cluster) if world.is_main else None
@@ -294,10 +306,10 @@ def scorer_inputs(model, analysis, model_path, data, prune_options: PruneOptions
     c = search_cfg
     input_shape = analysis.index.shape(analysis.index.input_names[0])
     train, val, _, _ = load_training_data(data, model_path, prune_options, input_shape)
-    use_labels = train.labels is not None if labels is None else labels
+    use_labels, needs_teacher = choose_supervision(output_kinds(model), train.labels is not None, labels)
     teacher = None
-    if not use_labels:
-        teacher = normalize(load_model(prune_options.teacher_model or model_path)).SerializeToString()
+    if needs_teacher:
+        teacher = normalize(load_model(prune_options.teacher_model or model_path), prune_options.input_shapes).SerializeToString()
     fine_tune = None
     if c.finetune_steps > 0:
         fine_tune = _in_memory(train.sample(c.finetune_steps * c.finetune_batch, seed=c.seed + 2))

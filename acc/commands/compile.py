@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from acc.commands.options import add_data_options, add_devices, spawned_ranks
+from acc.commands.options import add_data_options, add_devices, add_purify_options, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
 
 
 def register(sub) -> None:
@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue a killed run in OUTDIR")
     p.add_argument("--no-progress", action="store_true")
     add_data_options(p)
+    add_purify_options(p)
+    add_input_shape(p)
+    add_layout(p)
     p.set_defaults(func=run)
 
 
@@ -64,11 +67,23 @@ def run(args) -> int:
         limit=args.limit, test_limit=args.test_limit, target=args.target, tune_trials=args.tune_trials,
         labels=args.labels, seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress,
         workers=args.workers, cache_mb=args.cache_mb, augment=args.augment,
+        purify=args.purify, purify_tolerance=args.purify_tolerance,
         ray=args.ray, candidates=args.candidates, candidate_cpus=args.candidate_cpus, candidate_gpus=args.candidate_gpus,
+        input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
     )
     if not result.report:  # a rank other than 0: rank 0 reports
         return 0
     print(summary_table(result.report))
+    from acc.prune.purify import summary_line
+
+    for k, detail in enumerate(result.report.get("rounds_detail", []), start=1):
+        line = summary_line(detail)
+        if line:
+            print(f"round {k}: {line}")
+    from acc.report import input_line
+
+    if input_line(result.report.get("input")):
+        print(input_line(result.report["input"]))
     print(f"wrote {result.model_path}, {result.out_dir / 'report.json'}, {result.out_dir / 'report.md'}"
           + (f", {result.library}" if result.library else ""))
     return 0

@@ -11,8 +11,15 @@ def add_input_shape(parser) -> None:
         action="append",
         default=[],
         metavar="NAME=DIMS",
-        help="fix an input's shape, e.g. input=1x3x32x32 (symbolic batch dims become 1 otherwise)",
+        help="fix an input's shape, e.g. input=1x3x32x32 (otherwise a free batch dim becomes 1; for prune and "
+        "compile, a free height and width the preprocessing size)",
     )
+
+
+def add_layout(parser) -> None:
+    parser.add_argument("--layout", choices=["NCHW", "NHWC"], default=None,
+                        help="the image input's layout (default: MODEL.preprocess.json's \"layout\", else read from the "
+                        "input's shape, e.g. 1x224x224x3 is NHWC, else NCHW)")
 
 
 def parse_input_shapes(values: list[str]) -> dict[str, list[int]]:
@@ -35,7 +42,17 @@ def add_data_options(parser) -> None:
     parser.add_argument("--cache-mb", type=float, default=1024.0, metavar="MB",
                         help="decode the data into memory when it fits in MB (default 1024), else stream it")
     parser.add_argument("--augment", choices=["cifar", "imagenet", "resize", "none"], default=None,
-                        help="augmentation preset (default: MODEL.preprocess.json's, else cifar up to 64 px, imagenet above)")
+                        help="augmentation preset (default: MODEL.preprocess.json's, else resize for data without labels, "
+                        "else cifar up to 64 px, imagenet above)")
+
+
+def add_purify_options(parser) -> None:
+    """Near-zero purification after fine-tuning (acc prune, acc compile)."""
+    parser.add_argument("--purify-tolerance", type=float, default=1e-3, metavar="T",
+                        help="near-zero purification keeps a removal while the validation loss rises by at most this "
+                        "fraction (default 0.001 = 0.1%%)")
+    parser.add_argument("--no-purify", dest="purify", action="store_false",
+                        help="no near-zero purification: only the requested rates, and channels provably dead")
 
 
 def add_devices(parser) -> None:

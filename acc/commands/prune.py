@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from acc.commands.options import add_data_options, add_devices, spawned_ranks
+from acc.commands.options import add_data_options, add_devices, add_purify_options, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
 
 
 def register(sub) -> None:
@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_data_options(p)
+    add_purify_options(p)
+    add_input_shape(p)
+    add_layout(p)
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, cuda:N)")
     add_devices(p)
     p.set_defaults(func=run)
@@ -49,6 +52,16 @@ def print_summary(report: dict) -> None:
     how = {"memory": "in memory", "stream": f"streamed by {data.get('workers')} workers"}.get(data.get("path"), "")
     print(f"{report['objective']}; {report['train_images']} training images" + (f" ({how}, {data['augment']} augmentation)" if how else "")
           + f"; {report['seconds']:.0f} s")
+    from acc.prune.purify import summary_line
+
+    line = summary_line(report)
+    if line:
+        print(line)
+    from acc.report import input_line
+
+    line = input_line(report.get("input"))
+    if line:
+        print(line)
 
 
 def run(args) -> int:
@@ -63,7 +76,8 @@ def run(args) -> int:
         lr=args.lr, finetune_lr=args.finetune_lr, rho=args.rho, rho_mult=args.rho_mult, batch_size=args.batch_size,
         limit=args.limit, seed=args.seed, report=args.report, checkpoint=args.checkpoint, resume=args.resume,
         progress=not args.no_progress, device=args.device, workers=args.workers, cache_mb=args.cache_mb,
-        augment=args.augment,
+        augment=args.augment, input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
+        purify=args.purify, purify_tolerance=args.purify_tolerance,
     )
     if result.report is None:  # a rank other than 0: rank 0 reports
         return 0

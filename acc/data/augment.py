@@ -1,7 +1,7 @@
 """Augmentation presets, and `View`: how a stored item becomes a model input.
 
-Presets (`--augment`, or "augment" in MODEL.preprocess.json; default `cifar` for models whose
-input is at most 64 px, `imagenet` above):
+Presets (`--augment`, or "augment" in MODEL.preprocess.json; default `resize` when the data has
+no labels (acc.data.splits), else `cifar` for models whose input is at most 64 px, `imagenet` above):
 - `cifar`: training pads 4 black pixels on every side, crops the model's size at a random place
   and flips left-right with probability 1/2; evaluation resizes to the model's size (nothing to
   do on CIFAR itself).

@@ -71,6 +71,8 @@ def open_splits(
     source = open_source(path, split="train")
     if labels and source.labels is None:
         raise InputError(f"{path}: --labels was given but the data has no labels")
+    if pre.augment is None and source.labels is None:
+        pre = replace(pre, augment="resize")  # unlabelled images (detectors, segmenters): no geometry change
     view = View.for_data(pre, source.raw)
     pre = replace(pre, augment=view.preset)
     indices = sample_indices(len(source), limit, seed)

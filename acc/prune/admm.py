@@ -30,7 +30,7 @@ import torch
 from acc.prune import checkpoint as ckpt
 from acc.prune import distributed
 from acc.prune.constraints import ConstraintSet
-from acc.prune.objective import Objective, evaluate, first_output
+from acc.prune.objective import Objective, evaluate
 
 
 PULL = 4.0
@@ -216,8 +216,7 @@ class Trainer:
             lr = cosine_lr(base_lr, step, total_steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            out = first_output(module(x))
-            loss = self.objective(out, x, y)
+            loss = self.objective(module(x), x, y)  # every output: see acc.prune.objective
             task_loss = float(loss.detach())
             if self.world.size > 1:  # this slice's share of the global batch (DDP averages over ranks)
                 loss = loss * (len(x) * self.world.size / distributed.global_batch_len(i, len(self.train), cfg.batch_size))

@@ -1,66 +1,225 @@
-"""The training objective: cross-entropy with labels, or distillation from the original model.
+"""The training objective over every output of the model: cross-entropy on labels for the
+classifier output, distillation from the original model for the others (for all of them without
+labels).
 
-Without labels the student learns the teacher's outputs: KL divergence of temperature-softened
-logits for classifiers (outputs of rank 2), mean squared error for anything else.
+Each output has a kind, read from the ONNX graph (`output_kinds`) or, where the graph does not
+say, from its rank at run time:
+- `logits` (rank 2), `probabilities` (rank 2, made by Softmax) or `log_probabilities` (LogSoftmax):
+  a classifier. Distilled by the KL divergence of temperature-softened distributions,
+  KL(softmax(t / T) || softmax(s / T)) * T^2 with T = 4, on the logits (the log of probabilities,
+  which differs from the logits by a constant per row and so gives the same softmax). With labels,
+  the first classifier output is scored by cross-entropy instead.
+- `values`: anything else (other ranks, or rank 2 made by Sigmoid, Tanh, Relu or Clip: boxes, score
+  maps, masks, landmarks, features, multi-label scores): mean squared error divided by the
+  variance of the teacher's output over the batch, so heads of different scales weigh alike (a
+  student that only copies the teacher's mean scores 1); the divisor is at least VALUE_FLOOR (1 %)
+  of the output's mean square: a head whose outputs barely vary (a random network's Sigmoid scores
+  vary by 1e-4) would otherwise get gradients thousands of times larger, and training diverges.
+The loss is the mean over the outputs that have a term; for a one-output classifier it is exactly
+the cross-entropy (with labels) or the KL term (without). Non-float outputs (indices, counts)
+carry no gradient and are left out.
 """
 
 from __future__ import annotations
 
+import onnx
 import torch
 import torch.nn.functional as F
 
+from acc.errors import InputError
+
 DISTILL_TEMPERATURE = 4.0
+VALUE_FLOOR = 0.01  # the MSE's scale is at least this share of the teacher output's mean square
+CLASSIFIER_KINDS = ("logits", "probabilities", "log_probabilities")
+# Ops that pass a classifier's output through unchanged in meaning (the producer is looked up behind them).
+_TRANSPARENT = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast")
+_PROBABILITY_OPS = {"Softmax": "probabilities", "LogSoftmax": "log_probabilities"}
+
+
+def outputs(out) -> list:
+    """The model's outputs as a list (a one-output model returns a tensor)."""
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def first_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def output_kinds(model: onnx.ModelProto) -> list[str | None]:
+    """Per graph output: its kind (see the module docstring), or None where the rank is unknown."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    kinds = []
+    for out in model.graph.output:
+        tensor_type = out.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            kinds.append(None)
+            continue
+        if tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            kinds.append("other")
+            continue
+        if len(tensor_type.shape.dim) != 2:
+            kinds.append("values")
+            continue
+        node = producer.get(out.name)
+        while node is not None and node.op_type in _TRANSPARENT:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type in _PROBABILITY_OPS:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            kinds.append(_PROBABILITY_OPS[node.op_type] if axis in (1, -1) else "values")
+        elif node is not None and node.op_type in ("Sigmoid", "HardSigmoid", "Relu", "Clip", "Tanh"):
+            kinds.append("values")  # bounded or one-sided: scores per column, not a distribution's logits
+        else:
+            kinds.append("logits")
+    return kinds
+
+
+def classifier_output(kinds: list[str | None]) -> int | None:
+    """The first output the graph marks as a classifier (None: none, or only unknown ranks)."""
+    return next((i for i, k in enumerate(kinds) if k in CLASSIFIER_KINDS), None)
+
+
+def choose_supervision(kinds: list[str | None], data_has_labels: bool, labels: bool | None) -> tuple[bool, bool]:
+    """(use labels, needs the original model as teacher). Labels are used when asked (`labels`
+    True) or, by default, when the data has them and the model has a classifier output; the
+    teacher is needed for every output that labels do not score."""
+    possible = classifier_output(kinds) is not None or None in kinds
+    if labels and not possible:
+        raise InputError("--labels needs a classifier output ([batch, classes]); this model has none: leave "
+                         "--labels out to distil every output from the original model")
+    use_labels = (data_has_labels and possible) if labels is None else labels
+    return use_labels, not use_labels or len(kinds) > 1
+
+
+def describe_objective(kinds: list[str | None], use_labels: bool, names: list[str]) -> str:
+    if len(kinds) == 1:
+        return "cross-entropy on labels" if use_labels else "distillation from the original model"
+    if use_labels:
+        cls = classifier_output(kinds) or 0
+        return (f"cross-entropy on labels for output '{names[cls]}', distillation from the original model "
+                f"for the other {len(kinds) - 1}")
+    return f"distillation from the original model, all {len(kinds)} outputs"
+
+
+def _kind(kinds, i: int, tensor: torch.Tensor) -> str:
+    kind = kinds[i] if kinds is not None and i < len(kinds) else None
+    if kind is None:
+        if not tensor.is_floating_point():
+            return "other"
+        return "logits" if tensor.dim() == 2 else "values"
+    return kind
+
+
+def classifier_index(outs: list, kinds=None) -> int | None:
+    """The first classifier output (the one labels score), or None."""
+    return next((i for i, o in enumerate(outs) if _kind(kinds, i, o) in CLASSIFIER_KINDS), None)
+
+
+def as_logits(x: torch.Tensor, kind: str) -> torch.Tensor:
+    return torch.log(x.clamp_min(1e-12)) if kind == "probabilities" else x
+
+
+def distill_term(student: torch.Tensor, target: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    if kind in CLASSIFIER_KINDS:
+        t = temperature
+        s, g = as_logits(student, kind), as_logits(target, kind)
+        return F.kl_div(F.log_softmax(s / t, 1), F.softmax(g / t, 1), reduction="batchmean") * t * t
+    target = target.to(student.dtype)
+    mean_square = target.pow(2).mean()
+    scale = torch.maximum(target.var(unbiased=False), VALUE_FLOOR * mean_square) if target.numel() > 1 else mean_square
+    scale = scale if float(scale) > 0 else torch.ones((), dtype=student.dtype, device=student.device)
+    return F.mse_loss(student, target) / scale
+
+
 class Objective:
-    def __init__(self, teacher: torch.nn.Module | None = None, use_labels: bool = True, temperature: float = DISTILL_TEMPERATURE):
+    """`objective(module(x), x, labels)`: the loss of one batch (see the module docstring).
+    `kinds`: per output, from `output_kinds(model)`; None decides by rank at run time."""
+
+    def __init__(self, teacher: torch.nn.Module | None = None, use_labels: bool = True,
+                 temperature: float = DISTILL_TEMPERATURE, kinds: list[str | None] | None = None):
         self.teacher = teacher
         self.use_labels = use_labels
         self.temperature = temperature
+        self.kinds = kinds
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
 
-    def __call__(self, student_out: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        if self.use_labels and labels is not None:
-            return F.cross_entropy(student_out, labels)
-        with torch.no_grad():
-            target = first_output(self.teacher(x))
-        if student_out.dim() == 2:
-            t = self.temperature
-            return F.kl_div(F.log_softmax(student_out / t, 1), F.softmax(target / t, 1), reduction="batchmean") * t * t
-        return F.mse_loss(student_out, target)
+    def terms(self, student_out, x: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """Each output's term (the cross-entropy for the labelled classifier output), None for an
+        output that has none (non-float, or no teacher to distil it from)."""
+        outs = outputs(student_out)
+        cls = classifier_index(outs, self.kinds)
+        labelled = self.use_labels and labels is not None and cls is not None
+        targets = None
+        if self.teacher is not None and (not labelled or len(outs) > 1):
+            with torch.no_grad():
+                targets = outputs(self.teacher(x))
+        terms: list[torch.Tensor | None] = []
+        for i, s in enumerate(outs):
+            kind = _kind(self.kinds, i, s)
+            if labelled and i == cls:
+                terms.append(F.cross_entropy(as_logits(s, kind), labels))
+            elif targets is not None and kind != "other" and s.is_floating_point():
+                terms.append(distill_term(s, targets[i], kind, self.temperature))
+            else:
+                terms.append(None)
+        return terms
+
+    def __call__(self, student_out, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return mean_loss(self.terms(student_out, x, labels))
+
+
+def mean_loss(terms: list[torch.Tensor | None]) -> torch.Tensor:
+    present = [t for t in terms if t is not None]
+    if not present:
+        raise RuntimeError("nothing to learn from: no labels for a classifier output and no teacher to distil")
+    return present[0] if len(present) == 1 else torch.stack(present).mean()
 
 
 @torch.no_grad()
 def evaluate(module: torch.nn.Module, data, objective: Objective, batch_size: int = 256, world=None) -> dict:
-    """Mean loss, and top-1 (`accuracy`) and top-5 (`top5`, with 5 classes or more) accuracy when
-    the data has labels. With a multi-process `world` each rank scores every world.size-th item
-    and the sums are added up over the ranks, so every rank gets the same figures."""
+    """Mean loss over all outputs, and top-1 (`accuracy`) and top-5 (`top5`, with 5 classes or
+    more) accuracy of the first classifier output when the data has labels; for a model with
+    several outputs, each output's own loss too (`output_losses`, in the graph's order). With a
+    multi-process `world` each rank scores every world.size-th item and the sums are added up
+    over the ranks, so every rank gets the same figures."""
     was_training = module.training
     module.eval()
     if world is not None and world.size > 1:
         data = data.subset(range(world.rank, len(data), world.size))
-    total_loss, correct, correct5, count, classes = 0.0, 0, 0, 0, 0
+    total_loss, correct, correct5, count, classes, has_classifier = 0.0, 0, 0, 0, 0, 0
+    n_outputs = len(objective.kinds) if objective.kinds is not None else None
+    per_output, scored = None, None  # per-output sums; which outputs have a term
     for x, y in data.batches(batch_size):
-        out = first_output(module(x))
-        total_loss += float(objective(out, x, y)) * len(x)
-        if y is not None and out.dim() == 2:
-            correct += int((out.argmax(1) == y).sum())
-            classes = out.shape[1]
+        outs = outputs(module(x))
+        terms = objective.terms(outs, x, y)
+        total_loss += float(mean_loss(terms)) * len(x)
+        if len(terms) > 1:
+            scored = [t is not None for t in terms]
+            losses = [0.0 if t is None else float(t) * len(x) for t in terms]
+            per_output = losses if per_output is None else [a + b for a, b in zip(per_output, losses)]
+        cls = classifier_index(outs, objective.kinds)
+        if y is not None and cls is not None:
+            has_classifier = 1
+            scores = outs[cls]
+            correct += int((scores.argmax(1) == y).sum())
+            classes = scores.shape[1]
             if classes >= 5:
-                correct5 += int((out.topk(5, 1).indices == y[:, None]).any(1).sum())
+                correct5 += int((scores.topk(5, 1).indices == y[:, None]).any(1).sum())
         count += len(x)
     module.train(was_training)
     if world is not None and world.size > 1:
-        total_loss, correct, correct5, count = world.sum([total_loss, correct, correct5, count])
+        # Every rank must add lists of one length: per-output sums only where the graph says how many.
+        extra = (per_output or [0.0] * n_outputs) if n_outputs and n_outputs > 1 else []
+        sums = world.sum([total_loss, correct, correct5, count, has_classifier] + extra)
+        total_loss, correct, correct5, count, has_classifier = sums[:5]
+        per_output = sums[5:] or None
     result = {"loss": total_loss / max(count, 1)}
-    if data.labels is not None:
+    if per_output is not None:
+        scored = scored or [True] * len(per_output)
+        result["output_losses"] = [v / max(count, 1) if ok else None for v, ok in zip(per_output, scored)]
+    if data.labels is not None and has_classifier:
         result["accuracy"] = correct / max(count, 1)
         if classes >= 5:
             result["top5"] = correct5 / max(count, 1)

@@ -19,13 +19,16 @@ from dataclasses import dataclass, field, replace
 import onnx
 import torch
 
-from acc.data import resolve_preprocess
+from acc.data import resolve_preprocess, sidecar_path
+from acc.data.preprocess import read_preprocess_json
 from acc.data.splits import DEFAULT_CACHE_MB, open_splits
 from acc.errors import InputError
 from acc.passes.analysis import analyze
 from acc.passes.channels import WEIGHT_ROLES
 from acc.passes.counting import count
+from acc.passes.free_dims import keep_free_dims
 from acc.passes.importer import normalize
+from acc.passes.inputs import ImageInput, image_input, infer_layout
 from acc.passes.load import load_model
 from acc.passes.purify import purify
 from acc.passes.verify import verify_equal
@@ -34,8 +37,10 @@ from acc.prune import distributed
 from acc.prune.admm import TrainConfig, Trainer
 from acc.prune.batches import TensorData
 from acc.prune.bridge import TorchModel
-from acc.prune.objective import Objective, evaluate
-from acc.prune.purify import purify_near_zero
+from acc.prune.cost import kept_channels
+from acc.prune.objective import (Objective, choose_supervision, classifier_output, describe_objective, evaluate,
+                                  output_kinds)
+from acc.prune.purify import DEFAULT_TOLERANCE, purify_near_zero, removals_beyond_request, skipped
 from acc.prune.rates import Rates, build_constraints
 
 
@@ -48,7 +53,8 @@ class PruneOptions:
     validation_fraction: float = 0.1
     limit: int | None = None  # train on a seeded random subset of this size
     test_limit: int | None = None
-    purify_tolerance: float = 1e-3
+    purify: bool = True  # near-zero purification (acc.prune.purify); the lossless part always runs
+    purify_tolerance: float = DEFAULT_TOLERANCE  # relative validation-loss increase it may cost
     purify_max_evaluations: int = 24
     checkpoint: str | os.PathLike | None = None
     resume: bool = False
@@ -61,6 +67,8 @@ class PruneOptions:
     workers: int | None = None  # data loader processes (None: acc.data.stream.default_workers)
     cache_mb: float = DEFAULT_CACHE_MB  # decode into memory when the data fits, else stream
     augment: str | None = None  # augmentation preset (None: the preprocess JSON's, else by input size)
+    input_shapes: dict[str, list[int]] | None = None  # --input-shape: the shape to work at
+    layout: str | None = None  # NCHW or NHWC (None: the preprocess JSON's, else read from the input's shape)
 
 
 @dataclass
@@ -70,10 +78,27 @@ class PruneResult:
     report: dict | None
 
 
+def resolve_input(model: onnx.ModelProto, preprocess_model, layout: str | None = None,
+                  input_shapes: dict[str, list[int]] | None = None) -> ImageInput:
+    """The image input of `model`, its layout and the shape to work at: `layout` and `input_shapes`
+    (the options) first, then the layout and size in `preprocess_model`'s preprocess JSON
+    (acc.passes.inputs.image_input)."""
+    sidecar = sidecar_path(preprocess_model)
+    declared = read_preprocess_json(sidecar) if sidecar.is_file() else {}
+    layout_from = "--layout"
+    if layout is None and "layout" in declared:
+        layout, layout_from = declared["layout"], f"the layout in {sidecar.name}"
+    size = declared.get("size")
+    if size is not None and (not isinstance(size, (list, tuple)) or len(size) != 2):
+        raise InputError(f"{sidecar}: size must be [height, width], got {size}")
+    return image_input(model, input_shapes, layout, size, layout_from)
+
+
 def load_training_data(data_path, model_path, options: PruneOptions, input_shape):
     """(train, validation, test or None, preprocessing): validation carved from train with the seed;
     in memory (TensorData) when the decoded images fit options.cache_mb, else streamed (StreamData)."""
-    pre = resolve_preprocess(options.preprocess_model or model_path, augment=options.augment)
+    layout = options.layout or infer_layout(list(input_shape))
+    pre = resolve_preprocess(options.preprocess_model or model_path, augment=options.augment, layout=layout)
     if len(input_shape) == 4:
         pre = replace(pre, size=tuple(input_shape[1:3] if pre.layout == "NHWC" else input_shape[2:]))
     return open_splits(data_path, pre, input_shape, labels=options.labels, limit=options.limit, test_limit=options.test_limit,
@@ -118,24 +143,27 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.train.seed)
     original = load_model(model_path)
-    model = normalize(original)
+    image = resolve_input(original, options.preprocess_model or model_path, options.layout, options.input_shapes)
+    options = replace(options, input_shapes=image.shapes, layout=image.layout)
+    model = normalize(original, image.shapes)
     analysis = analyze(model)
     if rates_from_analysis is not None:
         options.rates = rates_from_analysis(analysis)
     input_shape = analysis.index.shape(analysis.index.input_names[0])
     train, val, test, pre = load_training_data(data_path, model_path, options, input_shape)
-    out_shape = analysis.index.shape(analysis.index.output_names[0]) or ()
-    use_labels = train.labels is not None if options.labels is None else options.labels
+    kinds = output_kinds(model)
+    use_labels, needs_teacher = choose_supervision(kinds, train.labels is not None, options.labels)
+    out_shape = analysis.index.shape(analysis.index.output_names[classifier_output(kinds) or 0]) or ()
     if use_labels and len(out_shape) == 2:
         for d in (train, val) + ((test,) if test is not None else ()):
             _check_labels(d, out_shape[1], data_path)
     weight_names = {m.initializer for m in analysis.members if m.role in WEIGHT_ROLES}
     bridge = TorchModel(model, trainable=weight_names)
     teacher = None
-    if not use_labels:
-        teacher_graph = model if options.teacher_model is None else normalize(load_model(options.teacher_model))
+    if needs_teacher:
+        teacher_graph = model if options.teacher_model is None else normalize(load_model(options.teacher_model), options.input_shapes)
         teacher = TorchModel(teacher_graph).module
-    objective = Objective(teacher, use_labels=use_labels)
+    objective = Objective(teacher, use_labels=use_labels, kinds=kinds)
     constraints = build_constraints(analysis, bridge, options.rates, options.criterion)
     device = torch.device(distributed.rank_device(options.device))
     bridge.to(device)
@@ -164,40 +192,54 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     masked = bridge.to_onnx()
     purified = purify(masked)
     diffs = verify_equal(masked, purified.model, what="pruned model")
-    report = _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre, use_labels)
-    return PruneResult(purified.model, masked, report)
+    report = _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre,
+                     describe_objective(kinds, use_labels, analysis.index.output_names))
+    dims = keep_free_dims(original, purified.model, model, masked)  # the original's free dims, checked at a second shape
+    report["input"] = {**image.to_json(), "free_dims": dims.to_json()}
+    return PruneResult(dims.model, masked, report)
 
 
 def _near_zero_record(trainer, options) -> dict:
-    r = purify_near_zero(trainer, options.purify_tolerance, options.purify_max_evaluations)
-    return {"removed": r.removed, "evaluations": r.evaluations, "val_loss_before": r.loss_before, "val_loss_after": r.loss_after}
+    if not options.purify:
+        return skipped(trainer, "turned off (--no-purify)").record(options.purify_tolerance)
+    return purify_near_zero(trainer, options.purify_tolerance, options.purify_max_evaluations).record(options.purify_tolerance)
 
 
-def _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre, use_labels) -> dict:
+def _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre, objective) -> dict:
     c0, cm, c1 = count(model), count(masked), count(purified.model)
     small = analyze(purified.model)
     widths_after = {g.name: g.width for g in small.groups}
+    near_zero = next((h for h in trainer.state.history if h.get("phase") == "purify"), {})
+    hard_kept = near_zero.get("kept_by_hard_prune", {})
     layers = []
     for g in analysis.groups:
         if g.is_boundary:
             continue
-        layers.append({
+        rate = options.rates.groups.get(g.name, 0.0)
+        row = {
             "group": g.name,
-            "scheme_rate": options.rates.groups.get(g.name, 0.0),
+            "scheme_rate": rate,
             "width_before": g.width,
+            "kept_requested": kept_channels(g.width, len(g.prunable), rate),
+            "kept_by_hard_prune": hard_kept.get(g.name, g.width),
+            "removed_near_zero": near_zero.get("removed", {}).get(g.name, 0),
             "width_after": widths_after.get(g.name, len(purified.plan.keep.get(g.name, range(g.width)))),
-        })
+        }
+        row["removed_lossless"] = row["kept_by_hard_prune"] - row["removed_near_zero"] - row["width_after"]
+        layers.append(row)
     columns = []
     for name, rate in options.rates.columns.items():
         columns.append({"layer": name, "column_rate": rate})
     return {
-        "objective": "cross-entropy on labels" if use_labels else "distillation from the original model",
+        "objective": objective,
         "accuracy_before": before, "accuracy_after": after,
         "params": {"before": c0.params, "after_dense": c1.params, "after_nonzero": c1.nonzero_params,
                    "reduction_dense": c0.params / max(c1.params, 1), "reduction_nonzero": c0.params / max(c1.nonzero_params, 1)},
         "flops": {"before": c0.flops, "after": c1.flops, "reduction": c0.flops / max(c1.flops, 1)},
         "masked_nonzero_params": cm.nonzero_params,
         "groups": layers, "columns": columns, "rates": options.rates.to_json(),
+        "purification": {"near_zero": {k: v for k, v in near_zero.items() if k not in ("phase", "kept_by_hard_prune")},
+                         "beyond_requested": removals_beyond_request(layers)},
         "history": trainer.state.history, "admm_residuals": trainer.residuals,
         "admm_distance_to_structure": trainer.distances,
         "train_config": vars(options.train).copy(), "train_images": len(trainer.train), "val_images": len(trainer.val),

@@ -3,14 +3,22 @@
 (a) Lossless: channels that are provably dead in the masked graph (no writer or no reader left,
     including input channels whose columns are all zero in every reader) are removed by the
     ONNX-side pass acc.passes.purify when the graph is rewritten.
-(b) Near-zero: ADMM on a non-convex loss leaves channels that are almost pruned. Try removing the
-    kept channels of smallest relative norm, a growing batch at a time, and keep each removal
-    while the validation loss stays within `tolerance` (relative) of where it started.
+(b) Near-zero: ADMM on a non-convex loss leaves channels that are almost pruned. Only those are
+    candidates: a kept channel whose norm (over every weight that writes or reads it, the norm the
+    hard prune ranks by: L2, or L1 with criterion l1) is below NEAR_ZERO (5 %) of the mean norm of
+    its group's kept channels. They are tried smallest first, a growing batch at a time, and each
+    removal is kept while the validation loss stays within `tolerance` (relative, default 0.1 %)
+    of where it started. It decides on at least MIN_VAL_IMAGES (256) validation images: with
+    fewer, it is skipped and the record says why (a handful of images cannot tell a near-zero
+    channel from a useful one). Every group keeps at least one channel.
+
+The record (`NearZeroResult.record()`, in the run's history) also holds what the hard prune kept
+per group, so the report can show every removal beyond the requested rates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,38 +26,77 @@ from acc.passes.mask import ZEROED_ROLES
 from acc.prune.constraints import position_mask
 from acc.prune.objective import evaluate
 
+NEAR_ZERO = 0.05  # a candidate's norm relative to the mean norm of its group's kept channels
+MIN_VAL_IMAGES = 256  # fewer validation images than this: near-zero purification is skipped
+DEFAULT_TOLERANCE = 1e-3  # relative increase of the validation loss a removal may cost
+
 
 @dataclass
 class NearZeroResult:
     removed: dict  # group name -> channels removed
-    evaluations: int
-    loss_before: float
-    loss_after: float
+    evaluations: int = 0
+    loss_before: float | None = None
+    loss_after: float | None = None
+    kept_by_hard_prune: dict = field(default_factory=dict)  # group name -> channels the hard prune kept
+    candidates: int = 0  # channels below the near-zero threshold
+    val_images: int = 0
+    skipped: str | None = None  # why it did not run
+
+    def record(self, tolerance: float) -> dict:
+        return {"removed": self.removed, "evaluations": self.evaluations, "val_loss_before": self.loss_before,
+                "val_loss_after": self.loss_after, "kept_by_hard_prune": self.kept_by_hard_prune,
+                "candidates": self.candidates, "val_images": self.val_images, "skipped": self.skipped,
+                "threshold": NEAR_ZERO, "tolerance": tolerance, "min_val_images": MIN_VAL_IMAGES}
 
 
-def _candidates(trainer):
-    """(relative score, group constraint, channel) for every kept, prunable channel, smallest first."""
-    tensors = trainer.tensors
+def kept_by_hard_prune(trainer) -> dict[str, int]:
+    """Channels with any weight left, per constrained group."""
+    return {g.name: int((g.scores(trainer.tensors) > 0).sum()) for g in trainer.constraints.groups}
+
+
+def _norms(g, tensors) -> torch.Tensor:
+    scores = g.scores(tensors)  # sums of squares (l2) or of magnitudes (l1)
+    return scores.sqrt() if g.criterion == "l2" else scores
+
+
+def _candidates(trainer, threshold: float = NEAR_ZERO):
+    """(relative norm, group constraint, channel) for every kept, prunable channel whose norm is
+    below `threshold` of its group's mean kept norm, smallest first."""
     out = []
     for g in trainer.constraints.groups:
-        scores = g.scores(tensors)
-        kept = scores > 0
-        kept &= ~g.frozen
+        norms = _norms(g, trainer.tensors)
+        kept = (norms > 0) & ~g.frozen
         if int(kept.sum()) <= 1:
             continue
-        mean = float(scores[kept].mean()) or 1.0
+        mean = float(norms[kept].mean()) or 1.0
         for j in torch.nonzero(kept).flatten().tolist():
-            out.append((float(scores[j]) / mean, g, j))
+            relative = float(norms[j]) / mean
+            if relative < threshold:
+                out.append((relative, g, j))
     out.sort(key=lambda c: (c[0], c[1].name, c[2]))
     return out
 
 
+def skipped(trainer, reason: str) -> NearZeroResult:
+    return NearZeroResult({}, kept_by_hard_prune=kept_by_hard_prune(trainer), val_images=len(trainer.val), skipped=reason)
+
+
 @torch.no_grad()
-def purify_near_zero(trainer, tolerance: float = 1e-3, max_evaluations: int = 24, val_limit: int = 1000) -> NearZeroResult:
+def purify_near_zero(trainer, tolerance: float = DEFAULT_TOLERANCE, max_evaluations: int = 24, val_limit: int = 1000,
+                     min_images: int = MIN_VAL_IMAGES, threshold: float = NEAR_ZERO) -> NearZeroResult:
+    n_val = min(len(trainer.val), val_limit)
+    if n_val < min_images:
+        return skipped(trainer, f"only {n_val} validation images, it decides on at least {min_images}")
+    if max_evaluations <= 0:
+        return skipped(trainer, "no evaluations allowed")
+    result = NearZeroResult({}, kept_by_hard_prune=kept_by_hard_prune(trainer), val_images=n_val)
+    candidates = _candidates(trainer, threshold)
+    result.candidates = len(candidates)
+    if not candidates:
+        return result
     val = trainer.val.sample(val_limit, seed=trainer.cfg.seed)
     base = evaluate(trainer.module, val, trainer.objective, world=trainer.world)["loss"]
     limit = base * (1 + tolerance) if base > 0 else tolerance
-    candidates = _candidates(trainer)
     removed: dict[str, int] = {}
     left_in_group = {g.name: int(((g.scores(trainer.tensors) > 0) & ~g.frozen).sum()) for g in trainer.constraints.groups}
     i, batch, evals, loss = 0, 1, 0, base
@@ -90,4 +137,27 @@ def purify_near_zero(trainer, tolerance: float = 1e-3, max_evaluations: int = 24
             if batch == 1:
                 i += 1
             batch = max(1, batch // 2)
-    return NearZeroResult(removed, evals, base, loss)
+    result.removed, result.evaluations, result.loss_before, result.loss_after = removed, evals, base, loss
+    return result
+
+
+def removals_beyond_request(groups: list[dict]) -> list[dict]:
+    """The report's group rows that ended with fewer channels than their requested rate keeps."""
+    return [g for g in groups if g["width_after"] < g["kept_requested"]]
+
+
+def summary_line(report: dict) -> str | None:
+    """One line for the command's summary: what purification removed beyond the requested rates."""
+    p = report.get("purification")
+    if not p:
+        return None
+    near = p["near_zero"]
+    extra_near = sum(g["removed_near_zero"] for g in p["beyond_requested"])
+    extra_lossless = sum(g["removed_lossless"] for g in p["beyond_requested"])
+    if near.get("skipped"):
+        head = f"near-zero purification skipped ({near['skipped']})"
+    else:
+        head = (f"near-zero purification removed {extra_near} channel(s) beyond the requested rates "
+                f"({near.get('candidates', '?')} below {near.get('threshold', NEAR_ZERO):.0%} of their group's mean norm, "
+                f"validation loss within {near.get('tolerance', DEFAULT_TOLERANCE):.2%} on {near.get('val_images', '?')} images)")
+    return head + f"; lossless purification removed {extra_lossless} dead channel(s) beyond them"

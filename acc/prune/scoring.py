@@ -35,7 +35,7 @@ from acc.errors import InputError
 from acc.passes.analysis import analyze
 from acc.prune.bridge import TorchModel
 from acc.prune.cost import CostModel
-from acc.prune.objective import Objective
+from acc.prune.objective import Objective, output_kinds
 from acc.prune.search import OneShotScorer, SearchConfig, keep_counts
 
 RAY_HINT = "pip install 'acc[ray]'"
@@ -49,7 +49,7 @@ class ScorerInputs:
     """Everything a OneShotScorer is built from, in memory and picklable (shipped to Ray actors)."""
 
     model: bytes  # the round's model, normalised ONNX
-    teacher: bytes | None  # the original model when distilling
+    teacher: bytes | None  # the original model, when some output is distilled
     use_labels: bool
     val: Any  # in-memory data (TensorData): the validation subset the energy is measured on
     calibration: Any  # BatchNorm re-estimation sample
@@ -63,7 +63,8 @@ class ScorerInputs:
         dev = torch.device(device)
         bridge = TorchModel(model).to(dev)
         teacher = None if self.teacher is None else TorchModel(onnx.load_from_string(self.teacher)).module.to(dev)
-        return OneShotScorer(analysis, bridge, Objective(teacher, use_labels=self.use_labels), self.val.to(dev),
+        objective = Objective(teacher, use_labels=self.use_labels, kinds=output_kinds(model))
+        return OneShotScorer(analysis, bridge, objective, self.val.to(dev),
                              self.calibration.to(dev), self.config,
                              train=None if self.train is None else self.train.to(dev),
                              cost=CostModel(analysis, self.columns))

@@ -43,7 +43,7 @@ from acc.passes.analysis import Analysis
 from acc.passes.summary import group_holdings
 from acc.prune.admm import TrainConfig, cosine_lr, sgd
 from acc.prune.cost import CostModel
-from acc.prune.objective import evaluate, first_output
+from acc.prune.objective import evaluate
 from acc.prune.rates import Rates, build_constraints, classifier_layers, column_search_layers, stem_layers
 
 
@@ -280,7 +280,7 @@ class OneShotScorer:
                 # Cosine to zero: the loss is read where the steps settle, not mid-swing.
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(c.finetune_lr, step, c.finetune_steps)
-                loss = self.objective(first_output(module(x)), x, y)
+                loss = self.objective(module(x), x, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
