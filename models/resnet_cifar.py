@@ -38,6 +38,21 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
+def residual_stages(widths, blocks_per_stage) -> tuple[nn.Sequential, int]:
+    """One stage of BasicBlocks per entry of `widths` (the first at stride 1, the rest at 2), and
+    the width they end at."""
+    stages = []
+    in_channels = widths[0]
+    for index, (width, count) in enumerate(zip(widths, blocks_per_stage)):
+        first_stride = 1 if index == 0 else 2
+        blocks = []
+        for block_index in range(count):
+            blocks.append(BasicBlock(in_channels, width, first_stride if block_index == 0 else 1))
+            in_channels = width
+        stages.append(nn.Sequential(*blocks))
+    return nn.Sequential(*stages), in_channels
+
+
 class CifarResNet(nn.Module):
     """Stem conv, then one stage per entry of `widths` (the first at stride 1, the rest at 2)."""
 
@@ -46,16 +61,7 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        stages = []
-        in_channels = widths[0]
-        for index, (width, count) in enumerate(zip(widths, blocks_per_stage)):
-            first_stride = 1 if index == 0 else 2
-            blocks = []
-            for block_index in range(count):
-                blocks.append(BasicBlock(in_channels, width, first_stride if block_index == 0 else 1))
-                in_channels = width
-            stages.append(nn.Sequential(*blocks))
-        self.layers = nn.Sequential(*stages)
+        self.layers, in_channels = residual_stages(widths, blocks_per_stage)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(in_channels, num_classes)

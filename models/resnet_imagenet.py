@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.resnet_cifar import BasicBlock
+from models.resnet_cifar import residual_stages
 
 
 class ImageNetResNet(nn.Module):
@@ -21,16 +21,7 @@ class ImageNetResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        stages = []
-        in_channels = widths[0]
-        for index, (width, count) in enumerate(zip(widths, blocks_per_stage)):
-            first_stride = 1 if index == 0 else 2
-            blocks = []
-            for block_index in range(count):
-                blocks.append(BasicBlock(in_channels, width, first_stride if block_index == 0 else 1))
-                in_channels = width
-            stages.append(nn.Sequential(*blocks))
-        self.layers = nn.Sequential(*stages)
+        self.layers, in_channels = residual_stages(widths, blocks_per_stage)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(in_channels, num_classes)
