@@ -13,7 +13,7 @@ from PIL import Image
 
 from acc.data import Preprocess, load_dataset, resolve_preprocess
 from acc.data.cifar_pack import read_pack, write_pack
-from acc.data.torch_data import ImageDataset, make_loader, random_crop_flip, split_validation, training_datasets
+from acc.data.splits import open_splits
 from acc.errors import InputError
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10"
@@ -92,8 +92,6 @@ def test_arrays_float_nchw_with_labels_and_uint8_without(tmp_path):
     np.save(tmp_path / "raw.npy", random_images(3))
     raw = load_dataset(tmp_path / "raw.npy")
     assert raw.is_raw_images and raw.labels is None
-    sample = ImageDataset(raw, Preprocess())[0]
-    assert isinstance(sample, torch.Tensor) and sample.shape == (3, 8, 8)
 
 
 def written(path, data):
@@ -140,40 +138,37 @@ def test_preprocess_from_json_beside_model_and_options_override(tmp_path):
         Preprocess(layout="CHW")
 
 
-def test_dataset_normalises_and_lays_out():
-    images = np.full((2, 4, 4, 3), 255, np.uint8)
-    from acc.data.images import ImageData
-
-    data = ImageData(images, np.array([0, 1]))
-    chw, label = ImageDataset(data, Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3))[1]
-    assert label == 1 and chw.shape == (3, 4, 4) and torch.allclose(chw, torch.full_like(chw, 2.0))
-    hwc, _ = ImageDataset(data, Preprocess(layout="NHWC"))[0]
-    assert hwc.shape == (4, 4, 3)
+def _splits(path, pre, shape=(1, 3, 8, 8), **options):
+    return open_splits(path, pre, shape, **options)[:3]
 
 
-def test_random_crop_flip_keeps_size_and_pixels():
-    torch.manual_seed(0)
-    image = torch.arange(3 * 8 * 8, dtype=torch.float32).view(3, 8, 8) + 1
-    crops = [random_crop_flip(image) for _ in range(20)]
-    assert all(c.shape == image.shape for c in crops)
-    assert any(not torch.equal(c, image) for c in crops)
-    assert all(set(c[c != 0].tolist()) <= set(image.flatten().tolist()) for c in crops)
+@pytest.mark.parametrize("cache_mb", [0, 1024])  # streamed, in memory
+def test_splits_normalise_and_lay_out(tmp_path, cache_mb):
+    np.savez(tmp_path / "white.npz", inputs=np.full((20, 8, 8, 3), 255, np.uint8), labels=np.arange(20) % 2)
+    pre = Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3, augment="none")
+    train, _, _ = _splits(tmp_path / "white.npz", pre, cache_mb=cache_mb, workers=0)
+    x, y = next(train.batches(4))
+    assert x.shape == (4, 3, 8, 8) and torch.allclose(x, torch.full_like(x, 2.0)) and y.dtype == torch.int64
+    nhwc, _, _ = _splits(tmp_path / "white.npz", Preprocess(layout="NHWC", augment="none"), (1, 8, 8, 3),
+                         cache_mb=cache_mb, workers=0)
+    assert next(nhwc.batches(4))[0].shape == (4, 8, 8, 3)
 
 
-def test_validation_split_is_seeded_and_disjoint():
-    from acc.data.images import ImageData
+def test_validation_split_is_seeded_and_disjoint(tmp_path):
+    images = random_images(50)
+    np.savez(tmp_path / "set.npz", inputs=images, labels=np.arange(50) % 10)
+    pre = Preprocess(augment="none")
 
-    data = ImageData(random_images(50), np.arange(50) % 10)
-    train, validation = split_validation(data, 0.2, seed=1)
-    again, _ = split_validation(data, 0.2, seed=1)
+    def pixels(data):
+        return {row.tobytes() for row in next(data.batches(len(data)))[0].numpy().reshape(len(data), -1)}
+
+    train, validation, _ = _splits(tmp_path / "set.npz", pre, seed=1, validation_fraction=0.2)
+    again, validation_again, _ = _splits(tmp_path / "set.npz", pre, seed=1, validation_fraction=0.2, cache_mb=0, workers=0)
     assert len(train) == 40 and len(validation) == 10
-    np.testing.assert_array_equal(train.inputs, again.inputs)
-    seen = {image.tobytes() for image in train.inputs}
-    assert not any(image.tobytes() in seen for image in validation.inputs)
-    train_set, validation_set = training_datasets(data, Preprocess(), validation_fraction=0.2)
-    inputs, labels = next(iter(make_loader(train_set, 16, shuffle=True)))
-    assert inputs.shape == (16, 3, 8, 8) and labels.dtype == torch.int64
-    assert not validation_set.augment
+    assert pixels(validation) == pixels(validation_again) and pixels(train) == pixels(again)
+    assert not pixels(train) & pixels(validation)
+    _, other, _ = _splits(tmp_path / "set.npz", pre, seed=2, validation_fraction=0.2)
+    assert pixels(other) != pixels(validation)
 
 
 def test_demo_sample_is_balanced():

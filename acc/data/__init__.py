@@ -8,7 +8,7 @@
   `shard`; `splits.open_splits` picks one by size.
 
 The readers and preprocessing use numpy and Pillow only; torch is imported by augment, shard,
-tensor_data, stream, splits and torch_data.
+tensor_data, stream and splits.
 """
 
 from acc.data.images import ImageData
