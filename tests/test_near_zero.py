@@ -4,7 +4,6 @@ and the report shows every removal beyond the requested rates."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from acc.prune.admm import TrainConfig
 from acc.prune.pipeline import PruneOptions, prune
 from acc.prune.purify import MIN_VAL_IMAGES, NEAR_ZERO
 from acc.prune.rates import uniform_rates
+
+from onnx_export import export_legacy
 
 PLANTED = 12  # near-zero channels planted in the 32-wide middle group; a 0.3 rate removes 10 of them
 
@@ -51,11 +52,7 @@ class PlainSoftmax(nn.Module):
 
 
 def export(module, path, size):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(1, 3, size, size),), str(path), input_names=["input"],
-                          output_names=["out"], opset_version=17, do_constant_folding=False, dynamo=False)
-    return path
+    return export_legacy(module, path, (1, 3, size, size), output_names=["out"])
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from acc.passes.counting import count
 from acc.passes.importer import import_model
 from acc.passes.verify import compare
 from acc.prune.bridge import TorchModel
+
+from onnx_export import export_legacy
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "data" / "cifar10_demo" / "train.jpeg.npz"
 FAST = dict(epochs=2, admm_iters=4, finetune_epochs=1, limit=256, batch_size=64, progress=False)
@@ -41,12 +42,7 @@ class TinyCNN(nn.Module):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(TinyCNN().eval(), (torch.randn(1, 3, 32, 32),), str(path), input_names=["input"],
-                          output_names=["logits"], opset_version=17, do_constant_folding=False, dynamo=False)
-    return path
+    return export_legacy(TinyCNN(), tmp_path_factory.mktemp("tiny") / "tiny.onnx", (1, 3, 32, 32))
 
 
 def test_round_trip_without_pruning_keeps_the_outputs(tiny):

@@ -4,7 +4,6 @@ threshold, and bad images as one-line errors."""
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ from acc.data.tensor_data import TensorData
 from acc.errors import InputError
 from acc.prune.pipeline import PruneOptions, load_training_data
 from acc.prune.rates import Rates
+
+from onnx_export import export_legacy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "data" / "cifar10_demo"
@@ -172,12 +173,7 @@ def tiny_model(folder: Path, size: int = 16) -> Path:
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-    path = folder / "tiny.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (torch.randn(1, 3, size, size),), str(path), input_names=["input"],
-                          output_names=["logits"], opset_version=17, do_constant_folding=False, dynamo=False)
-    return path
+    return export_legacy(net, folder / "tiny.onnx", (1, 3, size, size))
 
 
 @pytest.fixture(scope="module")
