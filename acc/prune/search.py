@@ -63,6 +63,7 @@ class SearchConfig:
     finetune_batch: int = 64
     finetune_lr: float = 0.01
     confirm_seeds: int = 2  # re-score the winner and the uniform start this many more times
+    order_by: str | None = None  # what the experience rule sorts groups by: params, flops; None: the metric's
     candidates: int = 1  # proposals per move, scored as one batch (in parallel on Ray); the best is the move
     seed: int = 0
 
@@ -95,12 +96,19 @@ class Guidance:
     and the annealing starts from them.
     """
 
-    def __init__(self, analysis: Analysis, cost: CostModel, config: SearchConfig):
+    def __init__(self, analysis: Analysis, cost: CostModel, config: SearchConfig, metric: str = "params"):
         self.cost = cost
         self.config = config
         held = group_holdings(analysis)
         g = len(cost.names)
-        self.group_order = sorted(range(g), key=lambda i: (held[cost.names[i]][0], cost.names[i]))
+        # A group that holds more of what the target counts takes the higher rate: parameters for
+        # params/nonzero targets, FLOPs for a FLOPs target (else the cuts land on parameter-heavy,
+        # compute-light layers and every other group must be cut harder to meet the FLOPs goal).
+        by = config.order_by or ("flops" if metric == "flops" else "params")
+        if by not in ("params", "flops"):
+            raise ValueError(f"order_by must be params or flops, got {by!r}")
+        column = 1 if by == "flops" else 0
+        self.group_order = sorted(range(g), key=lambda i: (held[cost.names[i]][column], cost.names[i]))
         size = {n: analysis.index.array(init).size for n, init in cost.column_weights.items()}
         self.column_order = [g + i for i in sorted(range(len(cost.column_names)),
                                                    key=lambda i: (size[cost.column_names[i]], cost.column_names[i]))]
