@@ -270,13 +270,13 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
     candidates = options.candidates or (cluster.capacity if cluster is not None else options.search.candidates)
     search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k, "candidates": candidates})
     if options.strategy == "uniform":
-        rates = Guidance(analysis, cost, search_cfg, options.metric).uniform(goal, options.metric)
+        rates = Guidance(analysis, cost, search_cfg).uniform(goal, options.metric)
         return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg)}
     inputs = scorer_inputs(model, analysis, current, data, prune_options, search_cfg, options.labels, cost)
     scoring = open_scoring(inputs, cost, options.device, cluster)
     setup_seconds = time.time() - started
     try:
-        guidance = Guidance(analysis, cost, search_cfg, options.metric)
+        guidance = Guidance(analysis, cost, search_cfg)
         annealer = Annealer(guidance, scoring, goal, options.metric, search_cfg, checkpoint=round_dir / "search.json",
                             progress=_SearchProgress(options.progress, k, options.rounds))
         if options.resume:
