@@ -7,7 +7,8 @@ import torch
 
 from acc.data.images import ImageData
 from acc.data.preprocess import Preprocess
-from acc.prune.batches import TensorData, random_crop_flip
+from acc.data.augment import random_crop_flip
+from acc.data.tensor_data import TensorData
 
 
 def class_ordered(n_per_class=50, classes=10) -> TensorData:

@@ -20,7 +20,7 @@ from acc.cli import main
 from acc.errors import InputError
 from acc.passes.verify import RELATIVE_TOLERANCE
 from acc.prune.objective import Objective, choose_supervision, evaluate, output_kinds
-from acc.prune.batches import TensorData
+from acc.data.tensor_data import TensorData
 
 OUTPUTS = ["boxes", "scores", "segmentation"]
 

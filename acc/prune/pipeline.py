@@ -35,7 +35,7 @@ from acc.passes.verify import verify_equal
 from acc.prune import checkpoint as ckpt
 from acc.prune import distributed
 from acc.prune.admm import TrainConfig, Trainer
-from acc.prune.batches import TensorData
+from acc.data.tensor_data import TensorData
 from acc.prune.bridge import TorchModel
 from acc.prune.cost import kept_channels
 from acc.prune.objective import (Objective, choose_supervision, classifier_output, describe_objective, evaluate,
