@@ -22,7 +22,7 @@ import onnx
 
 from acc.errors import AccError
 from acc.passes.importer import normalize
-from acc.passes.inputs import declared_dims
+from acc.passes.inputs import declared_dims, value_dims
 from acc.passes.verify import verify_equal
 
 SECOND_BATCH = 3
@@ -48,8 +48,7 @@ def free_dims(model: onnx.ModelProto) -> dict[str, list]:
     dims = dict(declared_dims(model))
     for vi in model.graph.output:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            dims[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
-                             for d in vi.type.tensor_type.shape.dim]
+            dims[vi.name] = value_dims(vi)
     return {name: d for name, d in dims.items() if any(not isinstance(x, int) for x in d)}
 
 

@@ -25,10 +25,11 @@ SUPPORTED = "one 4-D float image input, NCHW or NHWC"
 def declared_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     """Each real input (not an initializer) -> its dims: an int, a dim_param name, or None (unknown)."""
     inits = {t.name for t in model.graph.initializer}
-    return {vi.name: _dims(vi) for vi in model.graph.input if vi.name not in inits}
+    return {vi.name: value_dims(vi) for vi in model.graph.input if vi.name not in inits}
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+def value_dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+    """A tensor's declared dims: an int, a dim_param name, or None (unknown)."""
     dims = []
     for d in vi.type.tensor_type.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:

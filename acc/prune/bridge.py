@@ -20,6 +20,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from acc.errors import InputError
+from acc.passes.inputs import declared_dims
 from acc.prune.onnx2torch_compat import onnx2torch as _onnx2torch
 
 
@@ -102,19 +103,16 @@ class _NamingInterpreter(torch.fx.Interpreter):
 
 
 def _probe_inputs(model: onnx.ModelProto, batch: int) -> list[torch.Tensor] | None:
-    inits = {t.name for t in model.graph.initializer}
+    elem_types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.input}
     gen = torch.Generator().manual_seed(0)
     feeds = []
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        tt = inp.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
-        if None in dims:
+    for name, declared in declared_dims(model).items():
+        if not all(isinstance(d, int) for d in declared):
             return None
+        dims = list(declared)
         if len(dims) >= 3:
             dims[0] = batch  # image-like inputs are batched in training
-        dtype = torch.from_numpy(np.zeros(0, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))).dtype
+        dtype = torch.from_numpy(np.zeros(0, onnx.helper.tensor_dtype_to_np_dtype(elem_types[name]))).dtype
         feeds.append(torch.randn(dims, generator=gen).to(dtype) if dtype.is_floating_point else torch.zeros(dims, dtype=dtype))
     return feeds
 
