@@ -29,6 +29,7 @@ class ChannelGroup:
     frozen: list[str | None]  # per channel: why it must stay, or None
     members: list[int]  # indices into Analysis.members
     producers: list[str]  # nodes whose outputs open this group
+    unit: str = "channel"  # "head": each channel is a whole attention head (all of its positions)
 
     @property
     def width(self) -> int:
@@ -79,8 +80,11 @@ class Analysis:
 class AnalysisContext:
     """What rules see: layouts of tensors, and the calls that record members, unions and fixes."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, prune_embedding: bool = False):
         self.index = GraphIndex(model)
+        self.prune_embedding = prune_embedding
+        self.consumed: set[str] = set()  # nodes whose output deliberately carries none of the input channels
+        self.head_elements: set[int] = set()  # elements a reshape split into attention heads
         self.opset = opset_version(model)
         self.elements = ElementTable()
         self.members: list[Member] = []
@@ -129,6 +133,9 @@ class AnalysisContext:
         self.members.append(Member(initializer, axis, np.asarray(layout, dtype=np.int64), role, node.name, reads))
         self.claimed.add((node.name, input_index))
 
+    def add_boundary(self, where: str, reason: str) -> None:
+        self.boundaries.append(Boundary(where, reason))
+
     def fix(self, fix: ShapeFix) -> None:
         self.fixes.append(fix)
 
@@ -146,12 +153,17 @@ class AnalysisContext:
         self.boundaries.append(Boundary(node.name, reason))
 
 
-def analyze(model: onnx.ModelProto) -> Analysis:
-    """Analyse a normalised model (see acc.passes.importer.import_model)."""
-    ctx = AnalysisContext(model)
+def analyze(model: onnx.ModelProto, prune_embedding: bool = False) -> Analysis:
+    """Analyse a normalised model (see acc.passes.importer.import_model).
+
+    `prune_embedding`: let the channels that LayerNorms (or a mean over the channels) take their
+    statistics over, a transformer's residual stream, be pruned; frozen otherwise."""
+    ctx = AnalysisContext(model, prune_embedding)
+    floating = {i.name for i in model.graph.input if i.type.tensor_type.elem_type in _FLOAT_TYPES}
     for name in ctx.index.input_names:
         shape = ctx.index.shape(name)
-        if shape is not None and len(shape) >= 2:
+        # Integer inputs (token ids) hold indices, not channels.
+        if shape is not None and len(shape) >= 2 and name in floating:
             ctx.channels_of(name, axis=input_channel_axis(ctx.index, name))
     for node in ctx.index.topological_nodes():
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -159,7 +171,13 @@ def analyze(model: onnx.ModelProto) -> Analysis:
             if any(ctx.info(n) is not None for n in node.input):
                 ctx.unsupported(node, "op not in the propagation table")
             continue
+        had_channels = any(ctx.info(n) is not None for n in node.input if n)
+        boundaries = len(ctx.boundaries)
         rule(ctx, node)
+        lost = not any(ctx.info(o) is not None for o in node.output if o)
+        if had_channels and lost and len(ctx.boundaries) == boundaries and node.name not in ctx.consumed:
+            # A rule that neither mapped nor froze the channels: never let them vanish silently.
+            ctx.unsupported(node, "the analysis does not map its channels to its outputs")
     for name in ctx.index.output_names:
         info = ctx.info(name)
         if info is not None:
@@ -170,6 +188,8 @@ def analyze(model: onnx.ModelProto) -> Analysis:
     groups = _build_groups(ctx)
     return Analysis(model, ctx.index, ctx.elements, ctx.members, ctx.fixes, groups, ctx.boundaries, ctx.channels)
 
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 # Ops an image input may pass through (normalisation, casts) before an NHWC model's Transpose.
 _PREPROCESSING_OPS = {"Sub", "Add", "Mul", "Div", "Cast", "Identity"}
@@ -240,6 +260,7 @@ def _build_groups(ctx: AnalysisContext) -> list[ChannelGroup]:
         for gs in {group_of_space[int(space_of[e])] for e in m.layout.tolist() if e >= 0}:
             members_of.setdefault(gs, []).append(mi)
 
+    head_roots = {el.find(e) for e in ctx.head_elements}
     frozen_root: dict[int, str] = {}
     for e, why in el.frozen.items():
         frozen_root.setdefault(int(roots[e]), why)
@@ -260,6 +281,7 @@ def _build_groups(ctx: AnalysisContext) -> list[ChannelGroup]:
                 frozen=[frozen_root.get(r) for r in channel_roots],
                 members=members_of[gs],
                 producers=producers,
+                unit="head" if head_roots.intersection(channel_roots) else "channel",
             )
         )
     return groups

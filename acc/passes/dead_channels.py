@@ -66,7 +66,9 @@ class ZeroPropagation:
         if layout is None:
             return
         op = node.op_type
-        if op in ("Conv", "Gemm", "MatMul"):
+        if op in ("Conv", "Gemm", "MatMul") and not self.index.is_constant(node.input[1]):
+            zero = None  # activation @ activation (attention): not followed
+        elif op in ("Conv", "Gemm", "MatMul"):
             zero = self._linear(node, layout)
         elif op in ("BatchNormalization", "InstanceNormalization"):
             zero = self._norm(node)
@@ -99,7 +101,13 @@ class ZeroPropagation:
         w = self.index.array(w_name)
         x = node.input[0]
         in_zero = self.zero.get(x)
-        in_zero = np.zeros(w.shape[1] * int(attrs_of(node).get("group", 1)), bool) if in_zero is None else in_zero
+        if node.op_type == "Conv":
+            in_width = w.shape[1] * int(attrs_of(node).get("group", 1))
+        elif node.op_type == "Gemm" and attrs_of(node).get("transB", 0):
+            in_width = w.shape[1]
+        else:
+            in_width = w.shape[0]  # MatMul and Gemm hold W as [in, out]
+        in_zero = np.zeros(in_width, bool) if in_zero is None else in_zero
         if node.op_type == "Conv":
             group = int(attrs_of(node).get("group", 1))
             zero_kernel = _weight_zero_rows(w, 0, 1)  # [cout, cin/group]
@@ -204,9 +212,13 @@ def dead_channels(analysis: Analysis) -> dict[str, list[int]]:
     find = analysis.elements.find
     result: dict[str, list[int]] = {}
     readers = [m for m in analysis.members if m.role == IN_WEIGHT]
+    # A channel a LayerNorm (or a mean over the channels) reads changes every output: never dead.
+    in_statistics = {find(e) for f in analysis.fixes if f.kind == "channel_statistics" for e in f.layouts[0].tolist() if e >= 0}
     for group in analysis.prunable_groups:
         root_of = analysis.channel_of_root(group)
         live = np.zeros(group.width, dtype=bool)
+        for root, j in root_of.items():
+            live[j] |= root in in_statistics
         for m in readers:
             roots = np.array([find(e) if e >= 0 else -1 for e in m.layout.tolist()])
             in_group = np.isin(roots, list(root_of))

@@ -208,13 +208,25 @@ class InferShapes(Pass):
     name = "infer-shapes"
 
     def apply(self, model):
+        before = len(static_shapes(model))
+        # A symbolic dim inferred before constants were folded (an Expand's target) would stay
+        # symbolic: inference keeps existing value_info. Drop those and infer them again.
+        static = [vi for vi in model.graph.value_info if _is_static(vi)]
+        if len(static) != len(model.graph.value_info):
+            del model.graph.value_info[:]
+            model.graph.value_info.extend(static)
         try:
             inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
         except Exception as err:
             raise InputError(f"shape inference failed: {str(err).splitlines()[0]}") from None
-        before = len(model.graph.value_info)
         model.CopyFrom(inferred)
-        return len(model.graph.value_info) != before
+        return len(static_shapes(model)) != before
+
+
+def _is_static(vi) -> bool:
+    t = vi.type
+    return (t.HasField("tensor_type") and t.tensor_type.HasField("shape")
+            and all(d.HasField("dim_value") for d in t.tensor_type.shape.dim))
 
 
 def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:

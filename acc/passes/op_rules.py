@@ -92,6 +92,8 @@ def elementwise(ctx, node):
                 ref = (axis, info.layout)
                 break
     if ref is None:
+        if any(ctx.info(n) is not None for n in node.input if n):
+            return ctx.unsupported(node, "its output does not carry the channels of its inputs")
         return
     axis, layout = ref
     width = len(layout)
@@ -203,6 +205,8 @@ def gemm(ctx, node):
 def matmul(ctx, node):
     w_name = node.input[1]
     shape = ctx.index.shape(node.input[0])
+    if not ctx.index.is_constant(w_name) and not ctx.index.is_constant(node.input[0]):
+        return _activation_matmul(ctx, node)
     if not ctx.index.is_constant(w_name) or ctx.index.array(w_name).ndim != 2 or shape is None:
         return ctx.unsupported(node, "only x @ W with a constant 2-D W is mapped")
     w = ctx.index.array(w_name)
@@ -213,6 +217,105 @@ def matmul(ctx, node):
     ctx.member(w_name, 0, x.layout, IN_WEIGHT, node, 1, reads=node.input[0])
     ctx.member(w_name, 1, out, OUT_WEIGHT, node, 1)
     ctx.set_info(node.output[0], TensorChannels(len(shape) - 1, out))
+
+
+def _activation_matmul(ctx, node):
+    """A @ B of two computed tensors, as attention computes q @ k^T and p @ v per head.
+
+    Channels on a batch axis (the heads) pass through, each slice computed on its own: removing
+    head h removes slice h of both operands and of the result. Channels on the rows, columns or the
+    contracted axis would mix with the other operand and are not mapped.
+    """
+    names = list(node.input[:2])
+    shapes = [ctx.index.shape(n) for n in names]
+    out_shape = ctx.index.shape(node.output[0])
+    infos = [ctx.info(n) for n in names]
+    if all(i is None for i in infos):
+        return
+    if out_shape is None or any(s is None or len(s) < 2 for s in shapes):
+        return ctx.unsupported(node, "its operand shapes are unknown or not matrices")
+    rank = len(out_shape)
+    placed = []
+    for name, shape, info in zip(names, shapes, infos):
+        if info is None:
+            continue
+        axis = info.axis + rank - len(shape)
+        if axis >= rank - 2 or info.axis >= len(shape) - 2:
+            return ctx.unsupported(node, f"the channels of '{name}' are on a matrix axis of an activation @ activation product")
+        placed.append((axis, info))
+    axis, ref = placed[0]
+    for other_axis, info in placed[1:]:
+        if other_axis != axis or info.width != ref.width:
+            return ctx.unsupported(node, "its operands carry channels on different batch axes")
+        ctx.elements.union_layouts(ref.layout, info.layout)
+    for name, shape, info in zip(names, shapes, infos):
+        aligned = axis - (rank - len(shape))
+        if info is None and aligned >= 0 and shape[aligned] != 1:
+            return ctx.unsupported(node, f"operand '{name}' has slices along the channel axis the analysis cannot follow")
+    ctx.set_info(node.output[0], TensorChannels(axis, ref.layout))
+
+
+def _channel_statistics(ctx, node, layout, axis):
+    """Record an op that averages across the channels (LayerNormalization, ReduceMean): removing a
+    channel changes every output. The rewrite keeps the op (it adapts to the narrower axis); the
+    masked model averages over the kept channels only. Frozen unless the residual stream is to be
+    pruned (`--prune-embedding`)."""
+    if not ctx.prune_embedding:
+        reason = (f"{node.op_type} '{node.name}' takes statistics across these channels (a residual stream); "
+                  "prune them with --prune-embedding")
+        ctx.elements.freeze(layout, reason)
+        ctx.add_boundary(node.name, reason)
+    ctx.fix(ShapeFix("channel_statistics", node.name, [layout], {"axis": axis}))
+
+
+@rule("LayerNormalization")
+def layer_norm(ctx, node):
+    x = ctx.info(node.input[0])
+    if x is None:
+        return
+    rank = len(ctx.index.shape(node.input[0]) or ())
+    if any(o and ctx.index.consumers.get(o) for o in node.output[1:]):
+        return ctx.unsupported(node, "its mean or inverse-deviation outputs are used")
+    axis = int(ctx.attrs(node).get("axis", -1)) % max(rank, 1)
+    if x.axis < axis:
+        ctx.set_info(node.output[0], x)  # the channels are not normalised over: each stays itself
+        return
+    if axis != rank - 1 or x.axis != rank - 1:
+        return ctx.unsupported(node, "it normalises over the channels together with other axes")
+    for i, role in ((1, BN_SCALE), (2, BN_SHIFT)):
+        if i >= len(node.input) or not node.input[i]:
+            continue
+        if not ctx.index.is_constant(node.input[i]):
+            return ctx.unsupported(node, f"its parameter '{node.input[i]}' is not a constant")
+        if not _const_member(ctx, node, i, x.layout, rank, x.axis, role):
+            return ctx.unsupported(node, f"its parameter '{node.input[i]}' does not follow the channels")
+    _channel_statistics(ctx, node, x.layout, x.axis)
+    ctx.set_info(node.output[0], x)
+
+
+@rule("Gather")
+def gather(ctx, node):
+    data, indices = node.input[0], node.input[1]
+    x = ctx.info(data)
+    shape, idx_shape = ctx.index.shape(data), ctx.index.shape(indices)
+    axis = int(ctx.attrs(node).get("axis", 0))
+    if x is None:
+        if (shape is not None and len(shape) == 2 and axis % 2 == 0 and ctx.index.is_constant(data)
+                and not ctx.index.is_constant(indices) and idx_shape is not None and ctx.info(indices) is None):
+            # An embedding table: its columns are the channels of the looked-up vectors.
+            out = ctx.new_space(int(shape[1]), node)
+            ctx.member(data, 1, out, OUT_WEIGHT, node, 0)
+            ctx.set_info(node.output[0], TensorChannels(len(idx_shape), out))
+        elif ctx.info(indices) is not None:
+            return ctx.unsupported(node, "it uses channel values as indices")
+        return
+    if shape is None or idx_shape is None or ctx.info(indices) is not None:
+        return ctx.unsupported(node, "its indices are unknown or carry channels")
+    axis %= len(shape)
+    if axis == x.axis:
+        return ctx.unsupported(node, "it gathers along the channels")
+    moved = x.axis if x.axis < axis else x.axis - 1 + len(idx_shape)
+    ctx.set_info(node.output[0], TensorChannels(moved, x.layout))
 
 
 @rule("BatchNormalization", "InstanceNormalization")
@@ -265,6 +368,86 @@ def _merged_axis(in_shape, out_shape, axis, width):
     return None
 
 
+def _unit_axes_moved(ctx, node, rank, axis):
+    """(new channel axis, 1) after Squeeze/Unsqueeze by its axes; None when not known or when the
+    channel axis itself is squeezed."""
+    if len(node.input) > 1 and node.input[1]:
+        if not ctx.index.is_constant(node.input[1]):
+            return None
+        axes = [int(a) for a in ctx.index.array(node.input[1]).reshape(-1)]
+    else:
+        axes = list(ctx.attrs(node).get("axes", []))
+    if node.op_type == "Squeeze":
+        if not axes:
+            shape = ctx.index.shape(node.input[0])
+            axes = [i for i, d in enumerate(shape) if d == 1]
+        axes = [a % rank for a in axes]
+        return None if axis in axes else (axis - sum(1 for a in axes if a < axis), 1)
+    out_rank = rank + len(axes)
+    inserted = sorted(a % out_rank for a in axes)
+    kept = [i for i in range(out_rank) if i not in inserted]
+    return kept[axis], 1
+
+
+def _single_head_split(ctx, node, in_shape, out_shape, x) -> bool:
+    """[.., C] -> [.., 1, C] read as one attention head rather than an unsqueeze: every consumer is
+    a Transpose that moves the unit axis to a batch axis and the channels into the last two (the
+    head split of a model pruned to one head: it keeps the head group it had before)."""
+    if len(out_shape) != len(in_shape) + 1 or x.axis != len(in_shape) - 1 or tuple(out_shape[-2:]) != (1, x.width):
+        return False
+    users = ctx.index.consumers.get(node.output[0], [])
+    rank = len(out_shape)
+    for user, _ in users:
+        perm = list(ctx.attrs(user).get("perm", [])) if user.op_type == "Transpose" else []
+        if len(perm) != rank or perm.index(rank - 2) >= rank - 2 or perm.index(rank - 1) < rank - 2:
+            return False
+    return bool(users)
+
+
+def _split_axis(in_shape, out_shape, axis, width, single=False):
+    """How a reshape splits the channel axis into consecutive dims, the dims before it unchanged in
+    product: (heads axis, outer, heads, inner) for [heads, inner] (attention's head split) or
+    [outer, heads, inner] (a fused q/k/v projection split into [3, heads, head_dim], as timm and
+    Hugging Face write it). None for any other reshape of the channels.
+
+    Whichever factor is taken for the heads, the unit removed is one position of it across all the
+    other factors, so the choice only decides what can be pruned, never what is correct."""
+    prefix = int(np.prod(in_shape[:axis], dtype=np.int64))
+    for b in range(len(out_shape) - 1):
+        if int(np.prod(out_shape[:b], dtype=np.int64)) != prefix:
+            continue
+        factors = []
+        for e in range(b, len(out_shape)):
+            factors.append(int(out_shape[e]))
+            if int(np.prod(factors)) >= width:
+                break
+        if int(np.prod(factors)) != width:
+            continue
+        if len(factors) == 2 and (1 < factors[0] < width or single and factors[0] == 1):
+            return b, 1, factors[0], factors[1]
+        if len(factors) == 3 and 1 <= factors[1] < width:
+            return b + 1, factors[0], factors[1], factors[2]
+    return None
+
+
+def _split_heads(ctx, node, x, axis, outer, heads, inner):
+    """The channel axis becomes [outer, heads, inner]: a head is removed whole, so the positions of
+    one head (in every outer part) are one channel, and the head axis carries the channels."""
+    per_head = x.layout.reshape(outer, heads, inner).transpose(1, 0, 2).reshape(heads, outer * inner)
+    for d in range(1, outer * inner):
+        ctx.elements.union_layouts(per_head[:, 0], per_head[:, d])
+    layout = per_head[:, 0].copy()
+    ctx.head_elements.update(int(e) for e in layout.tolist() if e >= 0)
+    if not ctx.index.is_constant(node.input[1]):
+        return ctx.unsupported(node, "its target shape is not a constant")
+    target = ctx.index.array(node.input[1])
+    if target[axis] == 0:
+        return ctx.unsupported(node, "a 0 in its target copies a dim the heads split")
+    if int(target[axis]) > 0:
+        ctx.fix(ShapeFix("reshape_dim", node.name, [layout], {"input": 1, "index": axis}))
+    ctx.set_info(node.output[0], TensorChannels(axis, layout))
+
+
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(ctx, node):
     x = ctx.info(node.input[0])
@@ -274,6 +457,15 @@ def reshape(ctx, node):
     if in_shape is None or out_shape is None:
         return ctx.unsupported(node, "its shapes are unknown")
     placed = _merged_axis(in_shape, out_shape, x.axis, x.width)
+    if node.op_type in ("Squeeze", "Unsqueeze"):
+        # The axes say exactly where the channels go (shapes alone cannot when they are all 1s).
+        placed = _unit_axes_moved(ctx, node, len(in_shape), x.axis)
+        if placed is None:
+            return ctx.unsupported(node, "its axes are not constant, or it squeezes the channel axis")
+    if node.op_type == "Reshape" and (placed is None or _single_head_split(ctx, node, in_shape, out_shape, x)):
+        split = _split_axis(in_shape, out_shape, x.axis, x.width, single=placed is not None)
+        if split is not None:
+            return _split_heads(ctx, node, x, *split)
     if placed is None:
         return ctx.unsupported(node, f"it reshapes the channel axis ({in_shape} -> {out_shape})")
     axis, repeat = placed
@@ -294,8 +486,10 @@ def concat(ctx, node):
     out_shape = ctx.index.shape(node.output[0])
     infos = [ctx.info(n) for n in node.input]
     known = [i for i in infos if i is not None]
-    if not known or out_shape is None:
+    if not known:
         return
+    if out_shape is None:
+        return ctx.unsupported(node, "its output shape is unknown")
     axis = int(ctx.attrs(node)["axis"]) % len(out_shape)
     channel_axis = known[0].axis
     if any(i.axis != channel_axis for i in known):
@@ -313,8 +507,11 @@ def concat(ctx, node):
         if info.width != known[0].width:
             return ctx.unsupported(node, "its inputs have different channel counts")
         ctx.elements.union_layouts(known[0].layout, info.layout)
-    if len(known) != len(infos):
-        return ctx.unsupported(node, "some inputs have channels the analysis cannot follow")
+    for i, (name, info) in enumerate(zip(node.input, infos)):
+        # A constant joined along another axis (a class token) is sliced with the channels.
+        if info is None and not (ctx.index.is_constant(name) and ctx.index.array(name).ndim == len(out_shape)
+                                 and _const_member(ctx, node, i, known[0].layout, len(out_shape), channel_axis, CONST)):
+            return ctx.unsupported(node, "some inputs have channels the analysis cannot follow")
     ctx.set_info(node.output[0], known[0])
 
 
@@ -446,6 +643,11 @@ def reduce(ctx, node):
     else:
         axes = [] if a.get("noop_with_empty_axes", 0) else list(range(rank))
     axes = [ax % rank for ax in axes]
+    if x.axis in axes and node.op_type == "ReduceMean" and axes == [x.axis] and a.get("keepdims", 1):
+        # A mean over the channels (LayerNorm decomposed): the output holds no channels.
+        _channel_statistics(ctx, node, x.layout, x.axis)
+        ctx.consumed.add(node.name)
+        return
     if x.axis in axes:
         return ctx.unsupported(node, "it reduces over channels")
     keep = a.get("keepdims", 1)

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from acc.errors import VerificationError
 from acc.passes.analysis import Analysis
 from acc.passes.normalize import drop_unused_initializers
 from acc.passes.plan import Plan, Removal
@@ -34,7 +35,11 @@ def rewrite(analysis: Analysis, plan: Plan) -> onnx.ModelProto:
     drop_unused_initializers(model)
     # Intermediate shapes changed: drop them and infer again; graph outputs are boundaries.
     del model.graph.value_info[:]
-    return shape_inference.infer_shapes(model, strict_mode=False)
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as err:  # onnx raises InferenceError or bare errors, with multi-line texts
+        text = " ".join(str(err).split())
+        raise VerificationError(f"the rewritten graph is inconsistent: {text[:400]}") from None
 
 
 def _kept(removal: Removal, layout: np.ndarray) -> int:
@@ -90,5 +95,7 @@ def _apply_fix(model, node, fix, removal, inits) -> None:
             values = numpy_helper.to_array(tensor).copy()
             values[fix.data["position"]] = value
             _set_values(tensor, values)
+    elif fix.kind == "channel_statistics":
+        pass  # LayerNormalization / ReduceMean take the narrower axis as it comes
     else:  # pragma: no cover - the analysis only emits the kinds above
         raise ValueError(f"unknown shape fix {fix.kind}")

@@ -78,12 +78,13 @@ def shrink(
     ratio: float | None = None,
     criterion: str = "l1",
     input_shapes: dict | None = None,
+    prune_embedding: bool = False,
 ) -> ShrinkResult:
     original = source if isinstance(source, onnx.ModelProto) else load_model(source)
     if ratio is not None:
         check_ratio(ratio)
     model = normalize(original, input_shapes)
-    analysis = analyze(model)
+    analysis = analyze(model, prune_embedding=prune_embedding)
     before = given_counts(original, count(model, analysis.index))
     size = original.ByteSize()
     if ratio is not None:

@@ -47,6 +47,7 @@ def describe(analysis: Analysis) -> dict:
             {
                 "name": g.name,
                 "width": g.width,
+                "unit": g.unit,
                 "prunable": len(g.prunable),
                 "producers": g.producers,
                 "members": [{"tensor": k, "role": v} for k, v in members.items()],

@@ -70,16 +70,35 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0, samples: int = 2,
     return feeds
 
 
-def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, seed: int = 0, samples: int = 2) -> list[OutputDiff]:
-    ref, cand = session(reference), session(candidate)
+def _first_line(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _run_checked(what: str, call, outputs: list[str]):
+    """onnxruntime's own failure (a graph it cannot load or run) as one VerificationError line."""
+    try:
+        return call()
+    except VerificationError:
+        raise
+    except Exception as err:  # onnxruntime raises its own exception types, with multi-line texts
+        named = ", ".join(f"'{n}'" for n in outputs) or "its outputs"
+        raise VerificationError(f"{what} cannot be run by onnxruntime to compare {named}: {_first_line(err)}") from None
+
+
+def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, seed: int = 0, samples: int = 2,
+            what: str = "candidate model") -> list[OutputDiff]:
+    names = [o.name for o in reference.graph.output]
+    ref = _run_checked("the reference model", lambda: session(reference), names)
+    cand = _run_checked(what, lambda: session(candidate), names)
     names = [o.name for o in ref.get_outputs()]
     diffs = {n: OutputDiff(n, 0.0, 0.0) for n in names}
     for feed in random_inputs(reference, seed, samples, like=candidate):
-        a = ref.run(names, feed)
-        b = cand.run(names, feed)
+        a = _run_checked("the reference model", lambda: ref.run(names, feed), names)
+        b = _run_checked(what, lambda: cand.run(names, feed), names)
         for n, x, y in zip(names, a, b):
             if x.shape != y.shape:
-                raise VerificationError(f"output '{n}' changed shape: {x.shape} -> {y.shape}")
+                raise VerificationError(f"{what}: output '{n}' changed shape: {x.shape} -> {y.shape}")
             x64, y64 = x.astype(np.float64), y.astype(np.float64)
             d = diffs[n]
             d.max_abs_error = max(d.max_abs_error, float(np.max(np.abs(x64 - y64), initial=0.0)))
@@ -89,7 +108,7 @@ def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, seed: int = 
 
 def verify_equal(reference: onnx.ModelProto, candidate: onnx.ModelProto, what: str = "rewritten model", seed: int = 0) -> list[OutputDiff]:
     """Raise VerificationError naming the first output that differs beyond the tolerance."""
-    diffs = compare(reference, candidate, seed)
+    diffs = compare(reference, candidate, seed, what=what)
     for d in diffs:
         if not np.isfinite(d.max_abs_error) or not d.ok:
             raise VerificationError(

@@ -133,6 +133,31 @@ def _convert_split_v18(node, graph):
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
 
+class BatchConcat(nn.Module):
+    """Concat whose constant inputs were folded at batch 1 (a class token expanded to the batch by
+    the exported model, folded by acc's import at its batch of 1): at training batch sizes they are
+    broadcast along the batch axis again, as the model meant. At batch 1 it is plain Concat."""
+
+    def __init__(self, axis: int, constant: tuple[bool, ...]):
+        super().__init__()
+        self.axis, self.constant = axis, constant
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        batch = max((x.shape[0] for x, c in zip(xs, self.constant) if not c and x.dim()), default=1)
+        if batch > 1 and self.axis % xs[0].dim() != 0:
+            xs = tuple(x.expand(batch, *x.shape[1:]) if c and x.dim() and x.shape[0] == 1 else x
+                       for x, c in zip(xs, self.constant))
+        return torch.cat(xs, self.axis)
+
+
+def _convert_concat(node, graph):
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    constant = tuple(name in graph.initializers for name in node.input_values)
+    module = BatchConcat(int(node.attributes.get("axis", 0)), constant)
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
 def _convert_gelu(node, graph):
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 
@@ -166,12 +191,15 @@ def _resize_v18(resize_v13):
 
 
 def _add_newer_ops() -> None:
-    """Split 18 (num_outputs), Gelu 20, Resize 18/19: what the dynamo exporter writes at opset 20."""
+    """Split 18 (num_outputs), Gelu 20, Resize 18/19: what the dynamo exporter writes at opset 20;
+    Concat with batch-1 constants (BatchConcat)."""
     from onnx2torch.node_converters import registry
 
     table, desc = registry._CONVERTER_REGISTRY, registry.OperationDescription
     for version in _versions_since("Split", 18):
         table.setdefault(desc(defs.ONNX_DOMAIN, "Split", version), _convert_split_v18)
+    for version in (4, 11, 13):
+        table[desc(defs.ONNX_DOMAIN, "Concat", version)] = _convert_concat
     for version in _versions_since("Gelu", 20):
         table.setdefault(desc(defs.ONNX_DOMAIN, "Gelu", version), _convert_gelu)
     resize_v13 = table[desc(defs.ONNX_DOMAIN, "Resize", 13)]

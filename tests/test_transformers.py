@@ -1,0 +1,309 @@
+"""Transformer encoders (models/vit.py, models/bert_tiny.py, a timm-style fused-qkv ViT): the MLP
+hidden widths and whole attention heads are prunable groups, the residual stream is a boundary
+unless asked for, and `--ratio` shrinking gives smaller graphs verified in onnxruntime, from both
+exporters. Tiny random-weight models, so each test takes seconds."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+
+from acc import cli
+from acc.passes.analysis import analyze
+from acc.passes.importer import import_model
+from acc.passes.shrink import shrink
+from models.bert_tiny import bert_tiny
+from models.vit import Attention, vit
+
+DIM, HEADS, DEPTH, MLP_RATIO = 24, 3, 2, 2
+TOKENS = (16 // 4) ** 2 + 1
+
+
+class TimmAttention(nn.Module):
+    """timm's form: one q/k/v Linear, reshaped to [B, N, 3, heads, head_dim] and permuted."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class HeadSoftmaxAttention(Attention):
+    """Not attention acc knows: the softmax runs across the heads, mixing them."""
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def _vit(attention=None, sdpa=False):
+    torch.manual_seed(0)
+    model = vit(image=16, dim=DIM, depth=DEPTH, heads=HEADS, mlp_ratio=MLP_RATIO, sdpa=sdpa)
+    if attention is not None:
+        for block in model.blocks:
+            block.attn = attention(DIM, HEADS)
+    _randomize_norms(model)
+    return model, torch.randn(1, 3, 16, 16)
+
+
+def _bert(num_classes=4, sdpa=False):
+    torch.manual_seed(0)
+    model = bert_tiny(vocab=50, length=8, dim=32, heads=2, hidden=64, num_classes=num_classes, sdpa=sdpa)
+    _randomize_norms(model)
+    return model, torch.randint(0, 50, (1, 8))
+
+
+def _randomize_norms(model):
+    # Trained LayerNorms are not ones and zeros: a wrong slice must show in the outputs.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.copy_(1 + 0.3 * torch.randn_like(m.weight))
+                m.bias.copy_(0.1 * torch.randn_like(m.bias))
+
+
+BUILDERS = {
+    "vit": lambda: _vit(),
+    "vit_sdpa": lambda: _vit(sdpa=True),
+    "vit_timm": lambda: _vit(TimmAttention),
+    "vit_head_softmax": lambda: _vit(HeadSoftmaxAttention),
+    "bert": lambda: _bert(),
+    "bert_sdpa": lambda: _bert(sdpa=True),
+    "bert_features": lambda: _bert(num_classes=None),
+}
+
+
+def _export(module, sample, path, dynamo, opset=17):
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        options = {"dynamo": True, "verbose": False} if dynamo else {
+            "opset_version": opset, "do_constant_folding": False, "dynamo": False}
+        torch.onnx.export(module.eval(), (sample,), str(path), input_names=["input"], output_names=["out"], **options)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("transformers")
+    cache = {}
+
+    def get(name, dynamo=False, opset=17):
+        key = (name, dynamo, opset)
+        if key not in cache:
+            module, sample = BUILDERS[name]()
+            sub = folder / f"{name}_{'dynamo' if dynamo else 'legacy'}_{opset}"
+            sub.mkdir()
+            cache[key] = _export(module, sample, sub / "model.onnx", dynamo, opset)
+        return cache[key]
+
+    return get
+
+
+def _groups(path, prune_embedding=False):
+    return analyze(import_model(path), prune_embedding=prune_embedding).groups
+
+
+# Both exporters; the hand-written matmul-softmax-matmul, an SDPA lowering, timm's fused q/k/v.
+CASES = [
+    pytest.param("vit", False, DIM * MLP_RATIO, HEADS, id="vit-legacy"),
+    pytest.param("vit_sdpa", True, DIM * MLP_RATIO, HEADS, id="vit-sdpa-dynamo"),
+    pytest.param("vit_timm", False, DIM * MLP_RATIO, HEADS, id="vit-timm-legacy"),
+    pytest.param("bert", True, 64, 2, id="bert-dynamo"),
+    pytest.param("bert_sdpa", False, 64, 2, id="bert-sdpa-legacy"),
+]
+
+
+@pytest.mark.parametrize("name, dynamo, mlp, heads", CASES)
+def test_mlp_widths_and_whole_heads_are_prunable_groups(exported, name, dynamo, mlp, heads):
+    groups = _groups(exported(name, dynamo))
+    prunable = [g for g in groups if not g.is_boundary]
+    mlp_groups = [g for g in prunable if g.unit == "channel"]
+    head_groups = [g for g in prunable if g.unit == "head"]
+    pooler = [32] if name.startswith("bert") else []  # BERT's pooler Linear + tanh is a group too
+    assert [g.width for g in mlp_groups] == [mlp] * 2 + pooler
+    assert [g.width for g in head_groups] == [heads] * 2
+    assert all(len(g.prunable) == g.width for g in prunable)
+    # The residual stream is a group of its own, frozen with the reason and the option to ask for it.
+    stream = [g for g in groups if g.is_boundary and any("--prune-embedding" in (f or "") for f in g.frozen)]
+    assert len(stream) == 1
+
+
+@pytest.mark.parametrize("name, dynamo, mlp, heads", CASES)
+def test_ratio_shrink_removes_heads_and_mlp_width_verified(exported, name, dynamo, mlp, heads):
+    result = shrink(exported(name, dynamo), ratio=0.5)  # raises unless onnxruntime verifies it
+    widths = {r["group"]: (r["width_before"], r["width_after"]) for r in result.group_rows()}
+    head_groups = [g for g in result.analysis.groups if g.unit == "head"]
+    kept_heads = heads - int(round(0.5 * heads))
+    assert all(widths[g.name] == (heads, kept_heads) for g in head_groups)
+    assert result.after.params < 0.65 * result.before.params
+    # Physically smaller: every projection that writes heads lost whole heads' rows.
+    head_dim = {2: 16, 3: DIM // HEADS}[heads]
+    shapes = {t.name: tuple(t.dims) for t in result.model.graph.initializer}
+    before = {t.name: tuple(t.dims) for t in result.analysis.model.graph.initializer}
+    shrunk_axes = [b[i] - shapes[n][i] for n, b in before.items() if n in shapes
+                   for i in range(len(b)) if b[i] != shapes[n][i]]
+    assert (heads - kept_heads) * head_dim in shrunk_axes or 3 * (heads - kept_heads) * head_dim in shrunk_axes
+    assert max(d.max_abs_error for d in result.diffs) <= 1e-4 * max(d.max_abs_output for d in result.diffs)
+
+
+def test_shrunk_heads_match_the_masked_torch_model(exported):
+    """Beyond onnxruntime against the masked graph: removing two heads in torch by hand gives the
+    same logits as the shrunk graph (the plan names which heads went)."""
+    path = exported("vit", False)
+    result = shrink(path, ratio=0.5)
+    module, sample = _vit()
+    per_head = DIM // HEADS
+    with torch.no_grad():
+        for i, group in enumerate(g for g in result.analysis.groups if g.unit == "head"):
+            kept = result.plan.keep[group.name]
+            attn = module.blocks[i].attn
+            for h in range(HEADS):
+                if h not in kept:
+                    rows = slice(h * per_head, (h + 1) * per_head)
+                    for lin in (attn.q, attn.k, attn.v):
+                        lin.weight[rows] = 0
+                        lin.bias[rows] = 0
+                    attn.proj.weight[:, rows] = 0
+        for i, group in enumerate(g for g in result.analysis.groups if g.unit == "channel" and not g.is_boundary):
+            kept = result.plan.keep[group.name]
+            mlp = module.blocks[i].mlp
+            gone = [j for j in range(mlp.fc1.out_features) if j not in kept]
+            mlp.fc1.weight[gone] = 0
+            mlp.fc1.bias[gone] = 0
+            mlp.fc2.weight[:, gone] = 0
+        expected = module.eval()(sample).numpy()
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": sample.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, dynamo, opset", [
+    pytest.param("vit", False, 17, id="vit-legacy-layernorm"),
+    pytest.param("vit_timm", True, 17, id="vit-timm-dynamo"),
+    pytest.param("vit", False, 16, id="vit-legacy-decomposed-layernorm"),
+    pytest.param("bert", False, 17, id="bert-legacy-embedding-table"),
+])
+def test_prune_embedding_narrows_the_residual_stream_verified(exported, name, dynamo, opset):
+    path = exported(name, dynamo, opset)
+    if opset == 16:
+        ops = {n.op_type for n in import_model(path).graph.node}
+        assert "LayerNormalization" not in ops and "ReduceMean" in ops
+    frozen = [g for g in _groups(path) if any("--prune-embedding" in (f or "") for f in g.frozen)]
+    assert len(frozen) == 1 and frozen[0].is_boundary
+    result = shrink(path, ratio=0.5, prune_embedding=True)
+    width = frozen[0].width
+    row = next(r for r in result.group_rows() if r["group"] == frozen[0].name)
+    assert (row["width_before"], row["width_after"]) == (width, width // 2)
+    shapes = [tuple(t.dims) for t in result.model.graph.initializer]
+    if name.startswith("vit"):
+        assert (1, 1, width // 2) in shapes  # the class token follows the stream
+        assert (1, TOKENS, width // 2) in shapes  # and the positional embedding
+    else:
+        assert (50, width // 2) in shapes  # the token embedding table's columns
+    if opset == 17:
+        assert shapes.count((width // 2,)) >= 2  # LayerNorm scale and bias
+    assert result.after.params < 0.35 * result.before.params
+
+
+def test_sequence_features_output_keeps_the_stream_even_when_asked(exported):
+    path = exported("bert_features", False)
+    groups = _groups(path, prune_embedding=True)
+    stream = [g for g in groups if g.width == 32 and g.unit == "channel"]
+    assert stream and all(g.is_boundary for g in stream)
+    assert any("reaches graph output 'out'" in (f or "") for f in stream[0].frozen)
+    result = shrink(path, ratio=0.5, prune_embedding=True)
+    assert result.model.graph.output[0].type.tensor_type.shape.dim[2].dim_value == 32
+
+
+def test_unrecognised_attention_is_a_boundary_with_its_reason(exported, capsys):
+    path = exported("vit_head_softmax", False)
+    groups = _groups(path)
+    assert not [g for g in groups if g.unit == "head" and not g.is_boundary]
+    assert len([g for g in groups if not g.is_boundary]) == 2  # the MLPs only
+    assert cli.main(["analyze", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Softmax" in out and "normalises across channels" in out
+    shrink(path, ratio=0.5)  # the MLPs still shrink, verified
+
+
+def test_verification_failure_is_one_line_exit_3(exported, tmp_path, monkeypatch, capsys):
+    """A rewrite that leaves the class token at its old width (the old failure: onnxruntime cannot
+    load the Concat), and one that computes something else: one line each, exit 3, nothing written."""
+    import acc.passes.shrink as shrink_module
+
+    real = shrink_module.rewrite
+
+    def stale_class_token(analysis, plan):
+        model = real(analysis, plan)
+        for t in model.graph.initializer:
+            if tuple(t.dims[:2]) == (1, 1) and len(t.dims) == 3:
+                t.CopyFrom(numpy_helper.from_array(np.zeros((1, 1, DIM), np.float32), t.name))
+        return model
+
+    def perturbed(analysis, plan):
+        model = real(analysis, plan)
+        t = next(t for t in model.graph.initializer if len(t.dims) == 2 and t.dims[0] > 1 and t.dims[1] > 1)
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
+        return model
+
+    path = exported("vit", False)
+    for broken, expected in ((stale_class_token, "cannot be run by onnxruntime"), (perturbed, "differs")):
+        monkeypatch.setattr(shrink_module, "rewrite", broken)
+        out = tmp_path / f"{broken.__name__}.onnx"
+        code = cli.main(["shrink", str(path), "-o", str(out), "--ratio", "0.5", "--prune-embedding"])
+        err = capsys.readouterr().err
+        assert code == 3
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith("acc shrink: error: ") and expected in err and "'out'" in err
+        assert not out.exists()
+
+
+def test_cli_prune_embedding_flag_writes_a_smaller_model(exported, tmp_path, capsys):
+    path = exported("vit", False)
+    out = tmp_path / "small.onnx"
+    assert cli.main(["shrink", str(path), "-o", str(out), "--ratio", "0.5", "--prune-embedding"]) == 0
+    assert "verified in onnxruntime" in capsys.readouterr().out
+    small = onnx.load(str(out))
+    assert sum(numpy_helper.to_array(t).size for t in small.graph.initializer) < 0.35 * sum(
+        numpy_helper.to_array(t).size for t in onnx.load(str(path)).graph.initializer)
+
+
+@pytest.mark.parametrize("name, dynamo", [("vit", False), ("vit_timm", True), ("bert", False)])
+def test_bridge_runs_the_encoder_at_a_training_batch(exported, name, dynamo):
+    """The torch bridge (what `acc prune` trains) computes the exported model at a batch other than
+    the import's 1: the class token, folded at batch 1, is broadcast to the batch again."""
+    from acc.prune.bridge import TorchModel
+
+    module, sample = BUILDERS[name]()
+    batch = torch.cat([sample] * 3) if name.startswith("bert") else torch.randn(3, *sample.shape[1:])
+    converted = TorchModel(import_model(exported(name, dynamo))).module
+    with torch.no_grad():
+        np.testing.assert_allclose(converted(batch).numpy(), module.eval()(batch).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, dynamo", [("vit", False), ("vit_timm", False), ("vit_timm", True)])
+def test_a_model_pruned_to_one_head_keeps_its_head_groups(exported, name, dynamo):
+    """Shrunk to one head per block, the reshape into [.., 1, head_dim] is still the head split (not
+    an unsqueeze), so a second shrink sees the same groups and can still narrow the stream."""
+    first = shrink(exported(name, dynamo), ratio=0.7)
+    groups = analyze(import_model(first.model), prune_embedding=True).groups
+    assert [g.width for g in groups if g.unit == "head"] == [1] * DEPTH
+    second = shrink(first.model, ratio=0.5, prune_embedding=True)
+    stream = next(r for r in second.group_rows() if r["width_before"] == DIM)
+    assert stream["width_after"] == DIM // 2
