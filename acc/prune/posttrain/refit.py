@@ -1,0 +1,257 @@
+"""Layer-wise least-squares refit of every conv/Gemm that reads pruned channels (ThiNet, Luo et
+al. 2017; channel pruning, He et al. 2017).
+
+A layer that reads pruned channels has lost their contribution. Its kept input-channel weights
+(and bias) are solved so that, fed the pruned model's own input to the layer, it reproduces the
+ORIGINAL model's output of that layer on the calibration images (normal_equations.py). Layers go
+in graph (topological) order and each one's inputs are recomputed through the layers already
+refitted, so the next layer also absorbs the error left by the ones before it instead of
+compounding it.
+
+Correspondence: the pruned and the original torch models are converted from the same ONNX graph,
+so a layer is found in both through its weight initializer's name (the bridge's views). Forward
+hooks give the feature maps; each capture stops the forward pass at the layer.
+
+Handled: 2-D Conv (im2col by unfold, any stride/padding/dilation), depthwise Conv (one small
+solve per channel: its channel reads only itself), Gemm (nn.Linear, any transB/alpha). Skipped,
+with the reason in the report: grouped convs that are not depthwise, 1-D/3-D convs, MatMul.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acc.passes.analysis import Analysis
+from acc.passes.channels import DW_WEIGHT, IN_WEIGHT, OUT_WEIGHT
+from acc.passes.plan import Plan, Removal
+from acc.prune.bridge import TorchModel
+from acc.prune.posttrain.normal_equations import NormalEquations, ridge_fit
+
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+ROWS_PER_UNKNOWN = 64  # conv output positions are sampled down to about this many rows per unknown
+BATCH = 64
+
+
+@dataclass
+class RefitLayer:
+    node: str
+    op: str
+    weight: str
+    module: nn.Module | None  # in the pruned model
+    original: nn.Module | None  # in the original model
+    kept_in: torch.Tensor  # long: kept input channels (torch input axis)
+    kept_out: torch.Tensor  # long: kept output channels
+    kind: str = ""  # conv | depthwise | linear
+    skip: str | None = None
+
+
+def read_members(analysis: Analysis, node: str):
+    """(reading member, writing member) of a layer: its IN/DW weight member and its OUT member."""
+    reads = next((m for m in analysis.members if m.node == node and m.role in (IN_WEIGHT, DW_WEIGHT)), None)
+    writes = next((m for m in analysis.members if m.node == node and m.role in (OUT_WEIGHT, DW_WEIGHT)), None)
+    return reads, writes
+
+
+def layers_to_refit(analysis: Analysis, plan: Plan, bridge: TorchModel, original: TorchModel) -> list[RefitLayer]:
+    """The conv/Gemm layers that read pruned channels, in topological order."""
+    removal = Removal(analysis, plan)
+    layers = []
+    for node in analysis.index.topological_nodes():
+        if node.op_type not in LAYER_OPS or len(node.input) < 2:
+            continue
+        reads, writes = read_members(analysis, node.name)
+        if reads is None:
+            continue
+        kept_in_mask = removal.keep_mask(reads.layout)
+        if kept_in_mask.all():
+            continue
+        kept_out_mask = removal.keep_mask(writes.layout) if writes is not None else None
+        layers.append(_layer(node, reads, kept_in_mask, kept_out_mask, bridge, original))
+    return layers
+
+
+def _layer(node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitLayer:
+    weight = node.input[1]
+    view, view0 = bridge.views.get(weight), original.views.get(weight)
+    kept_in = torch.from_numpy(kept_in_mask).nonzero().flatten()
+    module = view.owner if view is not None else None
+    out_width = view.tensor.shape[0] if view is not None else 0
+    kept_out = (torch.from_numpy(kept_out_mask).nonzero().flatten() if kept_out_mask is not None
+                else torch.arange(out_width))
+    layer = RefitLayer(node.name, node.op_type, weight, module, view0.owner if view0 is not None else None, kept_in, kept_out)
+    layer.kind, layer.skip = _kind(node, module, view)
+    if layer.skip is None and layer.kind != "depthwise" and view.torch_axis(reads.axis) != 1:
+        layer.skip = "its weight's input axis is not torch's axis 1"
+    return layer
+
+
+def _kind(node, module, view) -> tuple[str, str | None]:
+    if node.op_type == "MatMul" or module is None or view.attr != "weight":
+        return "", f"{node.op_type}: only Conv and Gemm layers are refitted"
+    if isinstance(module, nn.Linear):
+        return "linear", None
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return "conv", f"Conv with padding mode {module.padding_mode!r} / {module.padding!r}"
+        if module.groups == 1:
+            return "conv", None
+        if module.groups == module.in_channels == module.out_channels:
+            return "depthwise", None
+        return "conv", f"grouped Conv (group={module.groups}) that is not depthwise"
+    return "", f"{type(module).__name__}: only 2-D Conv and Gemm layers are refitted"
+
+
+class _Captured(Exception):
+    pass
+
+
+def capture(model: nn.Module, module: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor:
+    """The input (output=False) or the output of `module` when `model` runs on `x`; the forward pass
+    stops there."""
+    box = {}
+
+    def on_input(_, inputs):
+        box["t"] = inputs[0]
+        raise _Captured
+
+    def on_output(_, inputs, out):
+        box["t"] = out
+        raise _Captured
+
+    handle = module.register_forward_hook(on_output) if output else module.register_forward_pre_hook(on_input)
+    try:
+        model(x)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if "t" not in box:
+        raise RuntimeError("the layer was not reached by the forward pass")
+    return box["t"]
+
+
+def _has_bias(layer: RefitLayer) -> bool:
+    return getattr(layer.module, "bias", None) is not None
+
+
+def current_weights(layer: RefitLayer) -> torch.Tensor:
+    """W0 in the solver's layout [G, K, O]: kept input positions (then the bias) by kept outputs."""
+    w = layer.module.weight.detach()
+    bias = layer.module.bias.detach() if _has_bias(layer) else None
+    if layer.kind == "depthwise":
+        rows = w[layer.kept_in].reshape(len(layer.kept_in), -1)
+        if bias is not None:
+            rows = torch.cat([rows, bias[layer.kept_in][:, None]], 1)
+        return rows[:, :, None]
+    rows = w[layer.kept_out][:, layer.kept_in].reshape(len(layer.kept_out), -1).T
+    if bias is not None:
+        rows = torch.cat([rows, bias[layer.kept_out][None, :]], 0)
+    return rows[None]
+
+
+@torch.no_grad()
+def write_weights(layer: RefitLayer, W: torch.Tensor) -> None:
+    w = layer.module.weight
+    has_bias = _has_bias(layer)
+    W = W.to(w.dtype)
+    if layer.kind == "depthwise":
+        W = W[:, :, 0]
+        taps = W[:, :-1] if has_bias else W
+        w[layer.kept_in] = taps.reshape(w[layer.kept_in].shape)
+        if has_bias:
+            layer.module.bias[layer.kept_in] = W[:, -1]
+        return
+    W = W[0]
+    taps = W[:-1] if has_bias else W
+    block = w[layer.kept_out][:, layer.kept_in]
+    w[layer.kept_out[:, None], layer.kept_in[None, :]] = taps.T.reshape(block.shape)
+    if has_bias:
+        layer.module.bias[layer.kept_out] = W[-1]
+
+
+def rows_of(layer: RefitLayer, x: torch.Tensor, y: torch.Tensor, per_image: int | None, generator) -> tuple:
+    """(X [rows, G, K], Y [rows, G, O]) for one batch: the layer's input x (pruned model) and the
+    original's output y; conv positions sampled to `per_image` per image (None: all)."""
+    ones = _has_bias(layer)
+    if layer.kind == "linear":
+        X = x.reshape(-1, x.shape[-1])[:, layer.kept_in]
+        Y = y.reshape(-1, y.shape[-1])[:, layer.kept_out]
+        if ones:
+            X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], 1)
+        return X[:, None], Y[:, None]
+    m = layer.module
+    cols = F.unfold(x[:, layer.kept_in], m.kernel_size, m.dilation, m.padding, m.stride)  # [N, C*k, L]
+    out = y.flatten(2)  # [N, O, L]
+    n, _, positions = cols.shape
+    if per_image is not None and per_image < positions:
+        pick = torch.randperm(positions, generator=generator)[:per_image].to(cols.device)
+        cols, out = cols[:, :, pick], out[:, :, pick]
+        positions = per_image
+    if layer.kind == "depthwise":
+        c = len(layer.kept_in)
+        X = cols.reshape(n, c, -1, positions).permute(0, 3, 1, 2).reshape(n * positions, c, -1)
+        Y = out[:, layer.kept_in].permute(0, 2, 1).reshape(n * positions, c, 1)
+        if ones:
+            X = torch.cat([X, torch.ones(*X.shape[:2], 1, dtype=X.dtype, device=X.device)], 2)
+        return X, Y
+    X = cols.permute(0, 2, 1).reshape(n * positions, -1)
+    Y = out[:, layer.kept_out].permute(0, 2, 1).reshape(n * positions, -1)
+    if ones:
+        X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], 1)
+    return X[:, None], Y[:, None]
+
+
+def accumulate(layer: RefitLayer, pruned: nn.Module, original: nn.Module, data, W0: torch.Tensor,
+               per_image: int | None, generator) -> NormalEquations:
+    eq = NormalEquations(W0.shape[0], W0.shape[1], W0.shape[2])
+    for x, _ in data.batches(BATCH):
+        X, Y = rows_of(layer, capture(pruned, layer.module, x, output=False),
+                       capture(original, layer.original, x, output=True), per_image, generator)
+        eq.add(X.cpu(), Y.cpu())
+    return eq
+
+
+def positions_per_image(layer: RefitLayer, images: int, unknowns: int) -> int | None:
+    """Conv output positions to sample per image: about ROWS_PER_UNKNOWN rows per unknown in all."""
+    if layer.kind == "linear":
+        return None
+    return max(1, math.ceil(ROWS_PER_UNKNOWN * unknowns / max(images, 1)))
+
+
+@torch.no_grad()
+def refit(layers: list[RefitLayer], pruned: nn.Module, original: nn.Module, estimate, validate, seed: int = 0) -> list[dict]:
+    """Refit `layers` in order, in place in `pruned`; one record per layer."""
+    was = pruned.training, original.training
+    pruned.eval()
+    original.eval()
+    records = []
+    try:
+        for i, layer in enumerate(layers):
+            record = {"layer": layer.node, "op": layer.op, "kind": layer.kind,
+                      "kept_inputs": len(layer.kept_in), "kept_outputs": len(layer.kept_out)}
+            if layer.skip is not None:
+                records.append({**record, "refitted": False, "reason": layer.skip})
+                continue
+            W0 = current_weights(layer)
+            per_image = positions_per_image(layer, len(estimate) + len(validate), W0.shape[1])
+            generator = torch.Generator().manual_seed(seed * 1000 + i)
+            est = accumulate(layer, pruned, original, estimate, W0, per_image, generator)
+            val = accumulate(layer, pruned, original, validate, W0, per_image, generator)
+            fit = ridge_fit(est, val, W0.cpu())
+            if fit.changed:
+                write_weights(layer, fit.W.to(W0.device))
+            alphas = [a for a in fit.alphas if a is not None]
+            records.append({**record, "refitted": fit.changed, "unknowns": W0.shape[1], "rows": est.rows + val.rows,
+                            "alpha": (alphas[0] if len(fit.alphas) == 1 and alphas else None),
+                            "groups_refitted": f"{len(alphas)}/{len(fit.alphas)}",
+                            "validation_error_before": fit.error_before, "validation_error_after": fit.error_after,
+                            **({} if fit.changed else {"reason": "keeping the pruned weights fit the validation rows best"})})
+    finally:
+        pruned.train(was[0])
+        original.train(was[1])
+    return records
