@@ -44,6 +44,16 @@ def summary_table(report: dict) -> str:
     return table(["", "before", "after", "reduction"], summary_rows(report), {1, 2, 3})
 
 
+def search_cost_line(report: dict) -> str | None:
+    """The search's share of the run's wall time, in all and per round."""
+    c = report.get("search_cost")
+    if not c or not c.get("run_seconds"):
+        return None
+    rounds = ", ".join(f"round {r['round']} {r['seconds']:.0f} s ({100 * (r['share'] or 0):.0f} %)" for r in c["per_round"])
+    return (f"search: {c['seconds']:.0f} s of {c['run_seconds']:.0f} s ({100 * c['share']:.0f} % of the run; "
+            f"{c['setup_seconds']:.0f} s of it setting up the scorer); {rounds}")
+
+
 LABEL_CHARS = 22
 _OP_TYPE = re.compile(r"[A-Z][A-Za-z0-9]*(_\d+)?")
 
@@ -169,6 +179,8 @@ def markdown(report: dict, plots: list[str]) -> str:
     lines = ["# acc compile report", "", f"Model: `{report['model']}`  ",
              f"Requested: {report['rate_requested']:g}x fewer {report['metric']} in {report['rounds']} rounds; "
              f"{report['seconds']:.0f} s in all.", "", summary_table(report), ""]
+    if search_cost_line(report):
+        lines += [search_cost_line(report)[0].upper() + search_cost_line(report)[1:] + ".", ""]
     if input_line(report.get("input")):
         lines += [input_line(report["input"]), ""]
     lines += ["## Rounds", ""]
@@ -210,13 +222,24 @@ def _search_line(s: dict) -> str:
     if not s.get("trace"):
         return "none (uniform rates)"
     start = s["trace"][0]["energy"]
-    text = f"{s['evaluated']} candidates scored; energy of uniform rates {start:.0f}, of the best {s['best_energy']:.0f}"
+    chosen = (s.get("start") or {}).get("chosen", "uniform")
+    starts = (s.get("start") or {}).get("energies") or {}
+    named = {"uniform": "uniform rates", "l1": "global L1", "bn": "global BN scale"}
+    text = f"{s['evaluated']} candidates scored"
+    if len(starts) > 1:
+        text += "; starts: " + ", ".join(f"{named.get(k, k)} {'out of reach' if e is None else f'{e:.0f}'}"
+                                         for k, e in starts.items()) + f" (started from {named.get(chosen, chosen)})"
+    text += f"; energy of the start {start:.0f}, of the best {s['best_energy']:.0f}"
     c = s.get("confirmation") or {}
     if c:
-        verdict = "kept the best" if c["kept_best"] else "fell back to uniform rates"
+        verdict = "kept the best" if c["kept_best"] else f"fell back to the start ({named.get(chosen, chosen)})"
         text += f"; re-scored with {len(c['best_energies']) - 1} more seeds: {verdict}"
         if "mean_difference" in c:
-            text += f" (best - uniform: {c['mean_difference']:.0f} ± {c['standard_error']:.0f})"
+            text += f" (best - start: {c['mean_difference']:.0f} ± {c['standard_error']:.0f})"
+    b = s.get("budget") or {}
+    if b.get("cut"):
+        text += (f"; cut to {b['search_share']:.0%} of the round: {b['finetune_steps_asked']} -> {b['finetune_steps']} "
+                 f"fine-tune steps per candidate, {b['steps_asked']} -> {b['steps']} search steps")
     if s.get("scoring"):
         text += f"; {_scoring_text(s['scoring'], s.get('config', {}).get('candidates', 1))}"
         if "seconds" in s:

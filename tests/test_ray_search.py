@@ -110,7 +110,7 @@ class Rule:
 def test_one_candidate_per_step_is_the_plain_annealing(tiny_search):
     """K=1 draws, scores and accepts exactly as the one-candidate loop: propose, score, accept."""
     analysis, cost, config, _ = tiny_search
-    config = SearchConfig(cooling=0.7, seed=11)
+    config = SearchConfig(cooling=0.7, seed=11, starts=("uniform",))  # the loop below starts from uniform rates
     _, state = _run(analysis, cost, config, Rule(cost))
     replay = Annealer(Guidance(analysis, cost, config), Rule(cost), cost.total("params") / 2, "params", config)
     current = replay.guidance.uniform(replay.target, "params")

@@ -10,6 +10,12 @@ keeps the positions of the channels kept. Channel counts follow the same roundin
 (`kept_channels`), so the estimate matches the rewritten graph up to channels that a group shares
 unevenly across an axis (a Slice of part of a group); the search uses it to meet targets, and every
 reported figure is counted on the real rewritten graph.
+
+`round_to` K (`--round-to`): a group wider than K keeps a multiple of K channels (fast kernels on
+NEON/GPU work in blocks of 4, 8, 16 channels), the multiple nearest to what the rate keeps, at
+least K, or its whole width when that is nearer (a width that is no multiple of K ends at a
+multiple of K or whole); a group no wider than K stays whole. The cost model counts these widths,
+so the search's rescaling meets the target with them.
 """
 
 from __future__ import annotations
@@ -22,18 +28,28 @@ from acc.passes.counting import count, parameter_names
 from acc.prune.nonzero import column_counters
 
 
-def kept_channels(width: int, prunable: int, rate: float) -> int:
-    """Channels a group keeps at `rate`: at least one, never fewer than its frozen ones."""
+def kept_channels(width: int, prunable: int, rate: float, round_to: int = 1) -> int:
+    """Channels a group keeps at `rate`: at least one, never fewer than its frozen ones; with
+    `round_to` K a multiple of K (or the whole width, see the module docstring)."""
     removed = min(int(round(rate * width)), prunable, width - 1)
-    return width - max(removed, 0)
+    kept = width - max(removed, 0)
+    if round_to <= 1 or kept == width:
+        return kept
+    if width <= round_to:
+        return width
+    floor_kept = width - prunable  # frozen channels stay
+    options = [m for m in range(round_to, width + 1, round_to) if m >= floor_kept] + [width]
+    return min(options, key=lambda m: (abs(m - kept), -m))  # nearest; a tie keeps more
 
 
 METRICS = ("params", "flops", "nonzero")
 
 
 class CostModel:
-    def __init__(self, analysis: Analysis, columns: dict[str, str] | None = None):
-        """`columns`: column layer (node name) -> its weight initializer, searched after the groups."""
+    def __init__(self, analysis: Analysis, columns: dict[str, str] | None = None, round_to: int = 1):
+        """`columns`: column layer (node name) -> its weight initializer, searched after the groups;
+        `round_to`: kept channel counts are multiples of it (see kept_channels)."""
+        self.round_to = int(round_to)
         self.groups = analysis.prunable_groups
         self.names = [g.name for g in self.groups]
         self.widths = np.array([g.width for g in self.groups])
@@ -89,7 +105,7 @@ class CostModel:
     def kept_counts(self, rates: np.ndarray) -> np.ndarray:
         """Channels each group keeps at the vector's filter rates."""
         group_rates, _ = self.split(rates)
-        return np.array([kept_channels(w, p, r) for w, p, r in zip(self.widths, self.prunable, group_rates)])
+        return np.array([kept_channels(w, p, r, self.round_to) for w, p, r in zip(self.widths, self.prunable, group_rates)])
 
     def keep_fractions(self, rates: np.ndarray) -> np.ndarray:
         return self.kept_counts(rates) / self.widths

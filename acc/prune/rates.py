@@ -124,6 +124,35 @@ def uniform_rates(analysis: Analysis, rate: float, scheme: str = "filter") -> Ra
     return rates
 
 
+def check_round_to(analysis: Analysis, round_to: int) -> int:
+    """`--round-to` K: at least 1 and no wider than the widest prunable group (else nothing could move)."""
+    try:
+        k = int(round_to)
+    except (TypeError, ValueError):
+        raise InputError(f"--round-to takes a whole number of channels, got {round_to!r}") from None
+    if k != round_to or k < 1:
+        raise InputError(f"--round-to must be a whole number of channels, 1 or more, got {round_to}")
+    widest = max((g.width for g in analysis.prunable_groups), default=0)
+    if k > 1 and k > widest:
+        raise InputError(f"--round-to {k} is wider than the widest prunable channel group ({widest} channels): "
+                         "no group could be pruned")
+    return k
+
+
+def round_rates(analysis: Analysis, rates: Rates, round_to: int) -> Rates:
+    """`rates` with every group rate moved to the one that keeps a multiple of `round_to` channels
+    (acc.prune.cost.kept_channels), as the exact fraction removed; groups left whole drop out."""
+    if round_to <= 1:
+        return rates
+    groups = {}
+    for name, rate in rates.groups.items():
+        g = analysis.group(name)
+        kept = kept_channels(g.width, len(g.prunable), rate, round_to)
+        if kept < g.width:
+            groups[name] = (g.width - kept) / g.width
+    return Rates(groups=groups, columns=dict(rates.columns))
+
+
 def stem_layers(analysis: Analysis) -> set[str]:
     """Layers that read a graph input directly."""
     inputs = set(analysis.index.input_names)

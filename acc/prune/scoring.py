@@ -56,6 +56,7 @@ class ScorerInputs:
     train: Any | None  # fine-tune sample (finetune_steps x finetune_batch images), None without fine-tuning
     config: SearchConfig
     columns: dict[str, str] | None = None  # the cost model's column layers (metric "nonzero")
+    budget: dict | None = None  # how the search was fitted to its share of the round (search.fit_budget)
 
     def build(self, device: str = "cpu") -> OneShotScorer:
         model = onnx.load_from_string(self.model)
@@ -67,7 +68,7 @@ class ScorerInputs:
         return OneShotScorer(analysis, bridge, objective, self.val.to(dev),
                              self.calibration.to(dev), self.config,
                              train=None if self.train is None else self.train.to(dev),
-                             cost=CostModel(analysis, self.columns))
+                             cost=CostModel(analysis, self.columns, self.config.round_to))
 
 
 class SerialScoring:
