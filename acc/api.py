@@ -18,9 +18,10 @@ from acc.passes.shrink import shrink as _shrink
 from acc.passes.summary import describe
 
 
-def analyze(model: str | os.PathLike, input_shapes: dict | None = None) -> dict:
-    """Channel groups, boundaries and totals of a model (the data behind `acc analyze --json`)."""
-    return describe(_analyze(import_model(model, input_shapes)))
+def analyze(model: str | os.PathLike, input_shapes: dict | None = None, prune_embedding: bool = False) -> dict:
+    """Channel groups, boundaries and totals of a model (the data behind `acc analyze --json`).
+    `prune_embedding`: a transformer's residual stream (LayerNorm-coupled) counts as prunable."""
+    return describe(_analyze(import_model(model, input_shapes), prune_embedding=prune_embedding))
 
 
 def shrink(
@@ -30,15 +31,36 @@ def shrink(
     criterion: str = "l1",
     report: str | os.PathLike | None = None,
     input_shapes: dict | None = None,
+    prune_embedding: bool = False,
+    rate: float | None = None,
+    data: str | os.PathLike | None = None,
+    metric: str = "params",
+    calibration_images: int = 512,
+    seed: int = 0,
+    test_images: int | None = None,
+    log=None,
 ) -> ShrinkResult:
-    """Lossless purification (ratio=None) or one-shot pruning of `ratio` of every group.
+    """Lossless purification (ratio=None) or one-shot pruning of `ratio` of every group
+    (`prune_embedding`: a transformer's residual stream too); or, with `rate` and `data`,
+    post-training compression to `rate`x fewer `metric` (searched rates, refit, BatchNorm
+    re-estimation from `calibration_images` images; acc.prune.posttrain).
 
     The result is verified before anything is written; outputs are written atomically.
     """
+    from acc.prune.posttrain.request import check_request
+
+    check_request(ratio, rate, data)
     for path in (output, report):
         if path is not None:
             atomic.check_output_path(path)
-    result = _shrink(model, ratio=ratio, criterion=criterion, input_shapes=input_shapes)
+    if rate is not None:
+        from acc.prune.posttrain.shrink import shrink_with_rate
+
+        result = shrink_with_rate(model, data, rate, metric=metric, calibration_images=calibration_images, seed=seed,
+                                  test_images=test_images, input_shapes=input_shapes, log=log)
+    else:
+        result = _shrink(model, ratio=ratio, criterion=criterion, input_shapes=input_shapes,
+                         prune_embedding=prune_embedding)
     result.model = _keep_free_dims(model, result)
     if output is not None:
         atomic.write_bytes(output, result.model.SerializeToString())
@@ -78,8 +100,15 @@ def prune(
     finetune_epochs: int | None = None,
     lr: float = 0.01,
     finetune_lr: float | None = None,
-    rho: float | str | None = 1e-2,
+    rho: float | str | None = "auto",
     rho_mult: float = 2.0,
+    admm: str = "auto",
+    admm_mode: str = "proximal",
+    distill_weight: float | None = None,
+    temperature: float | None = None,
+    schedule: str = "cosine",
+    warmup: float = 0.0,
+    decay_norm_and_bias: bool = False,
     batch_size: int = 128,
     limit: int | None = None,
     seed: int = 0,
@@ -98,18 +127,25 @@ def prune(
     augment: str | None = None,
     input_shapes: dict | None = None,
     layout: str | None = None,
+    round_to: int = 1,
+    finetune_small: bool = True,
+    log=print,
 ):
     """ADMM structured pruning with given rates (a rates JSON path or dict, or `uniform`), then
     masked fine-tuning, purification, rewrite and verification. Returns a PruneResult.
 
     `purify=False` skips near-zero purification (the lossless part always runs);
     `purify_tolerance` is the relative validation-loss increase its removals may cost.
-    `input_shapes` ({name: dims}) and `layout` ("NCHW"/"NHWC") are --input-shape and --layout."""
+    `input_shapes` ({name: dims}) and `layout` ("NCHW"/"NHWC") are --input-shape and --layout.
+    `round_to` K: every pruned group keeps a multiple of K channels (acc.prune.cost.kept_channels).
+    `finetune_small=False` (--finetune-masked) fine-tunes the masked full-width model instead of
+    the physically smaller one (acc.prune.shrink_phase): the same result, slower; for comparison."""
     from acc.errors import InputError
     from acc.prune.admm import TrainConfig
     from acc.prune.pipeline import PruneOptions
     from acc.prune.pipeline import prune as _prune
-    from acc.prune.rates import Rates, load_rates, uniform_rates
+    from acc.prune.rates import Rates, check_round_to, load_rates, round_rates, uniform_rates
+    from acc.prune.schedule import choose_admm
 
     for path in (output, report):
         if path is not None:
@@ -129,13 +165,21 @@ def prune(
                 raise InputError(f"--rho takes a number or 'auto', got '{rho}'") from None
         else:
             rho = None
+    recipe = _training_recipe(distill_weight, temperature, admm, admm_mode, schedule, warmup)
+    choice = choose_admm(admm, epochs, epochs if finetune_epochs is None else finetune_epochs)
+    if choice["method"] == "one-shot" and epochs > 0:
+        log(f"ADMM: {choice['reason']}")
     config = TrainConfig(
-        admm_epochs=epochs, admm_iters=admm_iters, finetune_epochs=epochs if finetune_epochs is None else finetune_epochs,
+        admm_epochs=choice["admm_epochs"], admm_iters=admm_iters, finetune_epochs=choice["finetune_epochs"],
         batch_size=batch_size, lr=lr, finetune_lr=lr if finetune_lr is None else finetune_lr, rho=rho,
-        rho_mult=rho_mult, seed=seed,
+        rho_mult=rho_mult, seed=seed, admm_mode=admm_mode, schedule=schedule, warmup=warmup,
+        decay_norm_and_bias=decay_norm_and_bias,
     )
 
-    def choose(analysis):
+    def choose(analysis):  # --round-to K: every group rate moved to a width that is a multiple of K
+        return round_rates(analysis, requested(analysis), check_round_to(analysis, round_to))
+
+    def requested(analysis):
         if uniform is not None:
             return uniform_rates(analysis, uniform, scheme)
         if isinstance(rates, dict):
@@ -149,7 +193,8 @@ def prune(
                            criterion=criterion, test_limit=test_limit, purify_max_evaluations=purify_evaluations,
                            purify=purify, purify_tolerance=purify_tolerance,
                            workers=workers, cache_mb=cache_mb, augment=augment, input_shapes=input_shapes,
-                           layout=layout)
+                           layout=layout, distill_weight=recipe["distill_weight"], temperature=recipe["temperature"],
+                           admm_choice=choice, round_to=round_to, finetune_small=finetune_small)
     result = _prune(model, data, options, rates_from_analysis=choose)
     if result.model is None:  # a rank other than 0 of a multi-process run: rank 0 writes
         return result
@@ -172,6 +217,8 @@ def compile(  # noqa: A001 - the verb users know
     search_steps: int | None = None,
     eval_images: int = 512,
     search_finetune_steps: int = 50,
+    search_share: float = 0.25,
+    search_starts: tuple | list | str | None = None,
     limit: int | None = None,
     test_limit: int | None = None,
     target: str | None = None,
@@ -195,6 +242,10 @@ def compile(  # noqa: A001 - the verb users know
     purify_tolerance: float = 1e-3,
     input_shapes: dict | None = None,
     layout: str | None = None,
+    round_to: int = 1,
+    distill_weight: float | None = None,
+    temperature: float | None = None,
+    admm: str = "auto",
     log=print,
 ):
     """The whole AutoCompress pipeline (see acc.autocompress). Returns a CompileResult whose
@@ -203,7 +254,11 @@ def compile(  # noqa: A001 - the verb users know
     `ray=True` (or "local") scores the search's candidates on a Ray cluster started for the run,
     `ray="HOST:PORT"` on an existing one; `candidates` per search step (default 1, or with Ray
     the workers the cluster holds), each Ray worker with `candidate_cpus` (1) and `candidate_gpus` (0).
-    `purify` and `purify_tolerance` as for `prune`, in every round."""
+    `purify` and `purify_tolerance` as for `prune`, in every round; `round_to` K: kept channel
+    counts are multiples of K, and the search meets the rate with those widths; `search_share`: the
+    most of each round's compute the search may take (fine-tune steps, then annealing steps are cut
+    to fit; 0: no cap; acc.prune.search.fit_budget); `search_starts`: the start allocations scored
+    (default uniform, l1, bn: the lowest energy is where the annealing starts)."""
     import math
 
     from acc.autocompress import CompileOptions, compile_model, parse_rate
@@ -211,6 +266,7 @@ def compile(  # noqa: A001 - the verb users know
     from acc.prune.search import SearchConfig
 
     _check_purify_tolerance(purify_tolerance)
+    recipe = _training_recipe(distill_weight, temperature, admm)
     if search_finetune_steps < 0:
         raise InputError("--search-finetune-steps must be 0 or more")
     if candidates is not None and candidates < 1:
@@ -218,7 +274,11 @@ def compile(  # noqa: A001 - the verb users know
     ray = "local" if ray is True else (ray or None)
     if not ray and (candidate_cpus is not None or candidate_gpus is not None):
         raise InputError("--candidate-cpus and --candidate-gpus size Ray workers: give them with --ray")
-    search = SearchConfig(eval_images=eval_images, finetune_steps=search_finetune_steps)
+    if not 0 <= search_share < 1:
+        raise InputError(f"--search-share is the share of each round the search may take, in [0, 1) (0: no cap), got {search_share}")
+    search = SearchConfig(eval_images=eval_images, finetune_steps=search_finetune_steps, search_share=search_share)
+    if search_starts is not None:
+        search.starts = _search_starts(search_starts)
     if search_steps is not None:
         if search_steps < 1:
             raise InputError("--search-steps must be at least 1")
@@ -230,8 +290,41 @@ def compile(  # noqa: A001 - the verb users know
                              cache_mb=cache_mb, augment=augment, ray=ray, candidates=candidates,
                              candidate_cpus=1.0 if candidate_cpus is None else candidate_cpus,
                              candidate_gpus=0.0 if candidate_gpus is None else candidate_gpus,
-                             input_shapes=input_shapes, layout=layout, purify=purify, purify_tolerance=purify_tolerance)
+                             input_shapes=input_shapes, layout=layout, purify=purify, purify_tolerance=purify_tolerance,
+                             round_to=round_to, admm=admm, **recipe)
     return compile_model(model, data, output, options, log=log)
+
+
+def _training_recipe(distill_weight, temperature, admm: str, admm_mode: str = "proximal", schedule: str = "cosine",
+                     warmup: float = 0.0) -> dict:
+    """The objective's and the schedule's options, checked (one-line errors); None: the defaults."""
+    from acc.errors import InputError
+    from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, check_distillation
+    from acc.prune.schedule import ADMM_MODES, SCHEDULES
+
+    distill_weight = DEFAULT_DISTILL_WEIGHT if distill_weight is None else float(distill_weight)
+    temperature = DISTILL_TEMPERATURE if temperature is None else float(temperature)
+    check_distillation(distill_weight, temperature)
+    if admm not in ADMM_MODES:
+        raise InputError(f"--admm takes one of {', '.join(ADMM_MODES)}, got '{admm}'")
+    if admm_mode not in ("proximal", "penalty"):
+        raise InputError(f"the ADMM W-step is 'proximal' or 'penalty', got '{admm_mode}'")
+    if schedule not in SCHEDULES:
+        raise InputError(f"--schedule takes one of {', '.join(SCHEDULES)}, got '{schedule}'")
+    if not 0 <= warmup < 1:
+        raise InputError(f"--warmup is a share of the fine-tuning steps in [0, 1), got {warmup}")
+    return {"distill_weight": distill_weight, "temperature": temperature}
+
+
+def _search_starts(starts) -> tuple:
+    """--search-starts: a comma-separated list (or sequence) of uniform, l1, bn, none repeated."""
+    from acc.errors import InputError
+
+    names = [s.strip() for s in (starts.split(",") if isinstance(starts, str) else starts)]
+    known = ("uniform", "l1", "bn")
+    if not names or any(n not in known for n in names) or len(set(names)) != len(names):
+        raise InputError(f"--search-starts takes a list of {', '.join(known)} without repeats, got '{','.join(names)}'")
+    return tuple(names)
 
 
 def _check_purify_tolerance(tolerance: float) -> None:

@@ -31,11 +31,13 @@ from acc.passes.load import load_model
 from acc.prune import distributed
 from acc.prune.admm import TrainConfig
 from acc.prune.cost import METRICS
-from acc.prune.objective import choose_supervision, output_kinds
+from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, choose_supervision, output_kinds
+from acc.prune.schedule import choose_admm
 from acc.prune.pipeline import PruneOptions, load_training_data, prune, resolve_input
-from acc.prune.rates import Rates, layer_schemes
+from acc.prune.rates import Rates, check_round_to, layer_schemes
 from acc.prune.scoring import RayCluster, ScorerInputs, open_scoring
-from acc.prune.search import Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, max_reduction, to_rates
+from acc.prune.search import (Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, fit_budget, max_reduction,
+                              to_rates)
 
 
 def parse_rate(text: str | float) -> float:
@@ -84,6 +86,10 @@ class CompileOptions:
     purify_tolerance: float = 1e-3  # relative validation-loss increase it may cost
     input_shapes: dict[str, list[int]] | None = None  # --input-shape (resolved: the shape every round works at)
     layout: str | None = None  # NCHW or NHWC (resolved from the preprocess JSON or the input's shape)
+    round_to: int = 1  # kept channel counts are multiples of this (--round-to; acc.prune.cost.kept_channels)
+    admm: str = "auto"  # --admm auto|on|off (acc.prune.schedule.choose_admm)
+    distill_weight: float = DEFAULT_DISTILL_WEIGHT  # with labels: (1 - a) * cross-entropy + a * distillation
+    temperature: float = DISTILL_TEMPERATURE
 
 
 @dataclass
@@ -142,12 +148,15 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
     options = replace(options, input_shapes=image.shapes, layout=image.layout)
     original = normalize(loaded, image.shapes)
     analysis = analyze(original)
-    cost = cost_model(analysis, options.metric)
+    check_round_to(analysis, options.round_to)
+    options = replace(options, search=replace(options.search, round_to=options.round_to))
+    cost = cost_model(analysis, options.metric, options.round_to)
     reachable = max_reduction(analysis, options.metric, options.search)
     if options.rate > reachable:
         raise InputError(f"--rate {options.rate:g}x is out of reach for this graph: the most it can reach is "
                          f"{reachable:.1f}x fewer {options.metric} (every prunable group"
-                         f"{' and column layer' if options.metric == 'nonzero' else ''} at {options.search.max_rate:.0%})")
+                         f"{' and column layer' if options.metric == 'nonzero' else ''} at {options.search.max_rate:.0%}"
+                         f"{f', widths multiples of {options.round_to}' if options.round_to > 1 else ''})")
     if not Path(data).exists():
         raise InputError(f"dataset not found: {data}")
     # Every rank of a multi-process run trains each round; rank 0 alone searches, writes and reports.
@@ -227,11 +236,14 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     started = time.time()
     model = normalize(load_model(current), options.input_shapes)
     analysis = analyze(model)
-    cost = cost_model(analysis, options.metric)
+    cost = cost_model(analysis, options.metric, options.round_to)
     before = cost.total(options.metric)
     log(f"round {k}/{options.rounds}: {options.metric} {before:,.0f} -> {goal:,.0f}")
-    config = TrainConfig(admm_epochs=max(1, options.budget_epochs // 2), admm_iters=4,
-                         finetune_epochs=max(1, options.budget_epochs - options.budget_epochs // 2),
+    choice = choose_admm(options.admm, max(1, options.budget_epochs // 2),
+                         max(1, options.budget_epochs - options.budget_epochs // 2))
+    if choice["method"] == "one-shot" and k == 1:
+        log(f"ADMM: {choice['reason']}")
+    config = TrainConfig(admm_epochs=choice["admm_epochs"], admm_iters=4, finetune_epochs=choice["finetune_epochs"],
                          batch_size=options.batch_size, lr=options.lr, finetune_lr=options.lr, seed=options.seed + k)
     prune_options = PruneOptions(rates=Rates(), train=config, labels=options.labels, limit=options.limit,
                                  test_limit=options.test_limit, checkpoint=round_dir / "admm.ckpt",
@@ -239,7 +251,9 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
                                  device=options.device, preprocess_model=original_path, teacher_model=original_path,
                                  workers=options.workers, cache_mb=options.cache_mb, augment=options.augment,
                                  input_shapes=options.input_shapes, layout=options.layout,
-                                 purify=options.purify, purify_tolerance=options.purify_tolerance)
+                                 purify=options.purify, purify_tolerance=options.purify_tolerance,
+                                 round_to=options.round_to, distill_weight=options.distill_weight,
+                                 temperature=options.temperature, admm_choice=choice)
     world = distributed.current()
     searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
                        cluster) if world.is_main else None
@@ -262,6 +276,7 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
         "params_after": r["params"]["after_dense"], "nonzero_after": r["params"]["after_nonzero"],
         "flops_after": r["flops"]["after"],
         "accuracy_after": r["accuracy_after"], "seconds": time.time() - started,
+        "prune_seconds": r.get("seconds"),
     }
 
 
@@ -271,8 +286,11 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
     search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k, "candidates": candidates})
     if options.strategy == "uniform":
         rates = Guidance(analysis, cost, search_cfg).uniform(goal, options.metric)
-        return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg)}
-    inputs = scorer_inputs(model, analysis, current, data, prune_options, search_cfg, options.labels, cost)
+        return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg),
+                       "seconds": time.time() - started, "setup_seconds": 0.0}
+    inputs = scorer_inputs(model, analysis, current, data, prune_options, search_cfg, options.labels, cost,
+                           budget_epochs=options.budget_epochs)
+    search_cfg = inputs.config  # fitted to the search's share of the round
     scoring = open_scoring(inputs, cost, options.device, cluster)
     setup_seconds = time.time() - started
     try:
@@ -286,6 +304,8 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
         scoring.close()
     trace = {"trace": annealer.state.trace, "best_energy": annealer.state.best_energy,
              "evaluated": len(annealer.state.cache), "confirmation": annealer.state.confirmation,
+             "start": {"chosen": annealer.state.start_kind, "energies": annealer.state.start_energies},
+             "budget": inputs.budget,
              "config": asdict(search_cfg), "scoring": scoring.describe(),
              "seconds": time.time() - started, "setup_seconds": setup_seconds}
     return best, trace
@@ -298,14 +318,19 @@ def build_scorer(model, analysis, model_path, data, prune_options: PruneOptions,
 
 
 def scorer_inputs(model, analysis, model_path, data, prune_options: PruneOptions, search_cfg: SearchConfig,
-                  labels: bool | None, cost=None) -> ScorerInputs:
+                  labels: bool | None, cost=None, budget_epochs: float | None = None) -> ScorerInputs:
     """What the search's energy on `model` is built from, in memory: validation, BN-calibration and
     fine-tune samples carved from the round's training data (the validation part is never trained
     on). The fine-tune sample is the `finetune_steps x finetune_batch` images the steps go through
-    once, the same for every candidate wherever it is scored."""
+    once, the same for every candidate wherever it is scored. With `budget_epochs` (the round's
+    training epochs) the search is first fitted to its share of the round (search.fit_budget); the
+    fitted config is the inputs' config."""
     c = search_cfg
     input_shape = analysis.index.shape(analysis.index.input_names[0])
     train, val, _, _ = load_training_data(data, model_path, prune_options, input_shape)
+    budget = None
+    if budget_epochs is not None:
+        c, budget = fit_budget(c, len(train), budget_epochs)
     use_labels, needs_teacher = choose_supervision(output_kinds(model), train.labels is not None, labels)
     teacher = None
     if needs_teacher:
@@ -316,11 +341,27 @@ def scorer_inputs(model, analysis, model_path, data, prune_options: PruneOptions
     return ScorerInputs(model=model.SerializeToString(), teacher=teacher, use_labels=use_labels,
                         val=_in_memory(val.sample(c.eval_images, seed=c.seed)),
                         calibration=_in_memory(train.sample(128 * c.bn_batches, seed=c.seed + 1)),
-                        train=fine_tune, config=c, columns=dict(cost.column_weights) or None if cost is not None else None)
+                        train=fine_tune, config=c, columns=dict(cost.column_weights) or None if cost is not None else None,
+                        budget=budget)
 
 
 def _in_memory(data):
     return getattr(data, "in_memory", lambda: data)()
+
+
+def search_cost(rounds: list[dict], seconds: float) -> dict:
+    """What the search cost: seconds (setup: the scorer's data and model) per round and in all, and
+    their share of the round's and of the run's wall time."""
+    per_round = []
+    for r in rounds:
+        s = r.get("search") or {}
+        spent = s.get("seconds") or 0.0
+        per_round.append({"round": r["round"], "seconds": spent, "setup_seconds": s.get("setup_seconds") or 0.0,
+                          "evaluated": s.get("evaluated", 0), "round_seconds": r["seconds"],
+                          "share": spent / r["seconds"] if r["seconds"] else None})
+    total = sum(x["seconds"] for x in per_round)
+    return {"seconds": total, "setup_seconds": sum(x["setup_seconds"] for x in per_round),
+            "run_seconds": seconds, "share": total / seconds if seconds else None, "per_round": per_round}
 
 
 def _report(model_path, original: onnx.ModelProto, final: onnx.ModelProto, rounds, options, started) -> dict:
@@ -342,6 +383,7 @@ def _report(model_path, original: onnx.ModelProto, final: onnx.ModelProto, round
                        "column_rates": r.get("column_rates", {}), "layers": r.get("layers", []),
                        "seconds": r["seconds"]} for r in rounds],
         "search": [r["search"] for r in rounds],
+        "search_cost": search_cost(rounds, time.time() - started),
         "rounds_detail": [r["prune"] for r in rounds],
         "options": json.loads(json.dumps(asdict(options), default=str)),
         "seconds": time.time() - started,

@@ -24,7 +24,7 @@ from test_prune import tiny  # noqa: F401 - the tiny CNN fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "data" / "cifar10_demo" / "train.jpeg.npz"
-PRUNE = ["--uniform", "0.5", "--epochs", "2", "--finetune-epochs", "2", "--limit", "320", "--batch-size", "64",
+PRUNE = ["--uniform", "0.5", "--admm", "on", "--epochs", "2", "--finetune-epochs", "2", "--limit", "320", "--batch-size", "64",
          "--no-progress", "--seed", "3"]
 
 

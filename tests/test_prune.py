@@ -22,7 +22,7 @@ from acc.prune.bridge import TorchModel
 from onnx_export import export_legacy
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "data" / "cifar10_demo" / "train.jpeg.npz"
-FAST = dict(epochs=2, admm_iters=4, finetune_epochs=1, limit=256, batch_size=64, progress=False)
+FAST = dict(epochs=2, admm_iters=4, finetune_epochs=1, limit=256, batch_size=64, progress=False, admm="on")
 
 
 class TinyCNN(nn.Module):
@@ -54,7 +54,7 @@ def test_round_trip_without_pruning_keeps_the_outputs(tiny):
 
 def test_admm_prunes_and_the_result_verifies(tiny, tmp_path):
     out = tmp_path / "pruned.onnx"
-    admm = {**FAST, "epochs": 3, "admm_iters": 3, "batch_size": 32, "rho": 0.5, "rho_mult": 1.5, "lr": 0.05}
+    admm = {**FAST, "epochs": 3, "admm_iters": 3, "batch_size": 32, "rho": "auto", "lr": 0.05}
     result = api.prune(tiny, DEMO, output=out, uniform=0.5, report=tmp_path / "r.json", **admm)
     r = result.report
     # ADMM pulls the weights toward the structure: ||W - Proj_S(W)|| / ||W|| shrinks (first: at the start).

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from acc.commands.options import add_data_options, add_devices, add_purify_options, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
+from acc.commands.options import add_data_options, add_devices, add_purify_options, add_round_to, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
+from acc.commands.options import add_training_recipe
 
 
 def register(sub) -> None:
@@ -25,6 +26,12 @@ def register(sub) -> None:
     p.add_argument("--eval-images", type=int, default=512, help="validation images that score a search candidate")
     p.add_argument("--search-finetune-steps", type=int, default=50,
                    help="masked SGD steps before a candidate is scored (default 50; 0: one-shot + BatchNorm re-estimation only)")
+    p.add_argument("--search-share", type=float, default=0.25, metavar="S",
+                   help="the most of each round's compute the search may take: fine-tune steps (down to 20), then "
+                   "search steps are cut to fit (default 0.25; 0: no cap)")
+    p.add_argument("--search-starts", default=None, metavar="LIST",
+                   help="start allocations scored, the lowest-energy one is where the annealing starts: uniform, "
+                   "l1 (global L1, Torch-Pruning style), bn (global BatchNorm scale) (default uniform,l1,bn)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="score the search's candidates in parallel on Ray: a cluster started here, or the one at "
                    "ADDRESS (HOST:PORT, ray://HOST:PORT, auto); needs pip install 'acc[ray]'")
@@ -46,8 +53,10 @@ def register(sub) -> None:
     add_devices(p)
     p.add_argument("--resume", action="store_true", help="continue a killed run in OUTDIR")
     p.add_argument("--no-progress", action="store_true")
+    add_training_recipe(p)
     add_data_options(p)
     add_purify_options(p)
+    add_round_to(p)
     add_input_shape(p)
     add_layout(p)
     p.set_defaults(func=run)
@@ -63,17 +72,22 @@ def run(args) -> int:
     result = api.compile(
         args.model, rate=args.rate, data=args.data, output=args.output, metric=args.metric, rounds=args.rounds,
         budget_epochs=args.budget_epochs, search_steps=args.search_steps, eval_images=args.eval_images,
-        search_finetune_steps=args.search_finetune_steps, strategy=args.strategy,
+        search_finetune_steps=args.search_finetune_steps, search_share=args.search_share, search_starts=args.search_starts, strategy=args.strategy,
         limit=args.limit, test_limit=args.test_limit, target=args.target, tune_trials=args.tune_trials,
         labels=args.labels, seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress,
         workers=args.workers, cache_mb=args.cache_mb, augment=args.augment,
-        purify=args.purify, purify_tolerance=args.purify_tolerance,
+        purify=args.purify, purify_tolerance=args.purify_tolerance, round_to=args.round_to,
         ray=args.ray, candidates=args.candidates, candidate_cpus=args.candidate_cpus, candidate_gpus=args.candidate_gpus,
         input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
+        distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm,
     )
     if not result.report:  # a rank other than 0: rank 0 reports
         return 0
     print(summary_table(result.report))
+    from acc.report import search_cost_line
+
+    if search_cost_line(result.report):
+        print(search_cost_line(result.report))
     from acc.prune.purify import summary_line
 
     for k, detail in enumerate(result.report.get("rounds_detail", []), start=1):

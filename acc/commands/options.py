@@ -55,6 +55,13 @@ def add_purify_options(parser) -> None:
                         help="no near-zero purification: only the requested rates, and channels provably dead")
 
 
+def add_round_to(parser) -> None:
+    """Kept channel counts in multiples of K (acc prune, acc compile)."""
+    parser.add_argument("--round-to", type=int, default=1, metavar="K",
+                        help="keep a multiple of K channels in every pruned group (fast kernels work in blocks of 4, 8, "
+                        "16 channels on NEON/GPU); groups no wider than K stay whole (default 1)")
+
+
 def add_devices(parser) -> None:
     parser.add_argument(
         "--devices",
@@ -77,3 +84,15 @@ def spawned_ranks(args) -> int | None:
         args.device = devices[0]
         return None
     return launch.spawn(args.argv, devices)
+
+
+def add_training_recipe(parser) -> None:
+    """The objective and ADMM policy (acc prune, acc compile)."""
+    parser.add_argument("--distill-weight", type=float, default=None, metavar="A",
+                        help="with labels, train on (1 - A) x cross-entropy + A x distillation from the original model "
+                        "(0 = labels only, 1 = distillation only; default 0.9)")
+    parser.add_argument("--temperature", type=float, default=None, metavar="T",
+                        help="temperature of the distillation's softened outputs (default 4)")
+    parser.add_argument("--admm", choices=["auto", "on", "off"], default="auto",
+                        help="auto: ADMM where the budget lets it pay, else one-shot pruning + fine-tuning with all the "
+                        "epochs (default); on: always ADMM; off: always one-shot")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from acc.commands.options import add_data_options, add_devices, add_purify_options, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
+from acc.commands.options import add_data_options, add_devices, add_purify_options, add_round_to, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
+from acc.commands.options import add_training_recipe
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "prune",
         help="ADMM structured pruning with given per-layer rates, purification, fine-tuning, rewrite",
-        description="ADMM -> hard prune -> purification -> masked fine-tuning -> physically smaller, verified ONNX.",
+        description="ADMM -> hard prune -> rewrite -> fine-tuning of the smaller model -> purification -> physically smaller, verified ONNX.",
     )
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--data", required=True, help="training data: packed .npz (or a folder with train.jpeg.npz), image folder, or .npz/.npy arrays")
@@ -26,7 +27,9 @@ def register(sub) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help="masked fine-tuning epochs (default: --epochs)")
     p.add_argument("--lr", type=float, default=0.01, help="ADMM learning rate (default 0.01)")
     p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning learning rate (default: --lr)")
-    p.add_argument("--rho", default="0.01", help="initial ADMM penalty, or 'auto' to scale it to the number of ADMM steps (default 0.01)")
+    p.add_argument("--finetune-masked", action="store_true",
+                   help="fine-tune the masked full-width model instead of the physically smaller one (same result, slower; for comparison)")
+    p.add_argument("--rho", default="auto", help="initial ADMM penalty, or 'auto' to scale it to the number of ADMM steps (default auto)")
     p.add_argument("--rho-mult", type=float, default=2.0, help="rho multiplier per Z/U update (default 2)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of this many images")
@@ -35,8 +38,10 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (default: OUTPUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_training_recipe(p)
     add_data_options(p)
     add_purify_options(p)
+    add_round_to(p)
     add_input_shape(p)
     add_layout(p)
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, cuda:N)")
@@ -78,6 +83,8 @@ def run(args) -> int:
         progress=not args.no_progress, device=args.device, workers=args.workers, cache_mb=args.cache_mb,
         augment=args.augment, input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
         purify=args.purify, purify_tolerance=args.purify_tolerance,
+        distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm, round_to=args.round_to,
+        finetune_small=not args.finetune_masked,
     )
     if result.report is None:  # a rank other than 0: rank 0 reports
         return 0

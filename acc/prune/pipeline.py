@@ -1,13 +1,18 @@
-"""`acc prune`: ADMM -> hard prune -> masked fine-tuning -> purification -> rewrite -> verify.
+"""`acc prune`: ADMM -> hard prune -> rewrite -> fine-tuning -> purification -> rewrite -> verify.
+
+After the hard prune the masked model is rewritten into the physically smaller graph (verified
+against it) and that small model is fine-tuned (acc.prune.shrink_phase); `finetune_small=False`
+(--finetune-masked) fine-tunes the masked full-width model instead, to the same result, slower.
 
 Purification has two parts: the near-zero part (channels whose removal keeps the validation loss
 within a tolerance) runs after fine-tuning, when the loss is meaningful; the lossless part (dead
 channels) is the ONNX rewrite itself.
 
 The ONNX graph is the source of truth at both ends: the imported model is trained in torch
-through the bridge, the masked result goes back into the same graph, and the lossless ONNX
+through the bridge, the trained result goes back into its graph, and the lossless ONNX
 purification pass turns every zeroed channel into a physically removed one. The rewritten model
-is verified against the masked one before anything is written.
+is verified against the model it came from (and, after small fine-tuning, against the full-width
+masked model it stands for) before anything is written.
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ from acc.prune.admm import TrainConfig, Trainer
 from acc.data.tensor_data import TensorData
 from acc.prune.bridge import TorchModel
 from acc.prune.cost import kept_channels
-from acc.prune.objective import (Objective, choose_supervision, classifier_output, describe_objective, evaluate,
-                                  output_kinds)
+from acc.prune.objective import (DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, Objective, choose_supervision,
+                                  classifier_output, describe_objective, evaluate, output_kinds)
 from acc.prune.purify import DEFAULT_TOLERANCE, purify_near_zero, removals_beyond_request, skipped
 from acc.prune.rates import Rates, build_constraints
+from acc.prune.shrink_phase import Shrinker, compose
 
 
 @dataclass
@@ -50,6 +56,9 @@ class PruneOptions:
     scheme: str = "filter"
     train: TrainConfig = field(default_factory=TrainConfig)
     labels: bool | None = None  # None: use labels when the data has them; False: distil
+    distill_weight: float = DEFAULT_DISTILL_WEIGHT  # with labels: (1 - a) * cross-entropy + a * distillation
+    temperature: float = DISTILL_TEMPERATURE  # of the distillation's softened distributions
+    admm_choice: dict | None = None  # how --admm auto|on|off was decided (acc.prune.schedule.choose_admm), for the report
     validation_fraction: float = 0.1
     limit: int | None = None  # train on a seeded random subset of this size
     test_limit: int | None = None
@@ -69,6 +78,8 @@ class PruneOptions:
     augment: str | None = None  # augmentation preset (None: the preprocess JSON's, else by input size)
     input_shapes: dict[str, list[int]] | None = None  # --input-shape: the shape to work at
     layout: str | None = None  # NCHW or NHWC (None: the preprocess JSON's, else read from the input's shape)
+    round_to: int = 1  # --round-to: near-zero purification removes channels in blocks of this many
+    finetune_small: bool = True  # fine-tune the physically smaller model (False: the masked full-width one)
 
 
 @dataclass
@@ -152,7 +163,7 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     input_shape = analysis.index.shape(analysis.index.input_names[0])
     train, val, test, pre = load_training_data(data_path, model_path, options, input_shape)
     kinds = output_kinds(model)
-    use_labels, needs_teacher = choose_supervision(kinds, train.labels is not None, options.labels)
+    use_labels, needs_teacher = choose_supervision(kinds, train.labels is not None, options.labels, options.distill_weight)
     out_shape = analysis.index.shape(analysis.index.output_names[classifier_output(kinds) or 0]) or ()
     if use_labels and len(out_shape) == 2:
         for d in (train, val) + ((test,) if test is not None else ()):
@@ -163,7 +174,8 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     if needs_teacher:
         teacher_graph = model if options.teacher_model is None else normalize(load_model(options.teacher_model), options.input_shapes)
         teacher = TorchModel(teacher_graph).module
-    objective = Objective(teacher, use_labels=use_labels, kinds=kinds)
+    objective = Objective(teacher, use_labels=use_labels, kinds=kinds, temperature=options.temperature,
+                          distill_weight=options.distill_weight)
     constraints = build_constraints(analysis, bridge, options.rates, options.criterion)
     device = torch.device(distributed.rank_device(options.device))
     bridge.to(device)
@@ -173,36 +185,58 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     test = None if test is None else test.to(device)
     tensors = bridge.tensors
 
-    def score(data):
-        return None if data is None else evaluate(bridge.module, data, objective, world=world)
+    def score(module, data):
+        return None if data is None else evaluate(module, data, objective, world=world)
 
-    before = {"val": score(val), "test": score(test)}
+    before = {"val": score(bridge.module, val), "test": score(bridge.module, test)}
+    # Every rank rewrites the hard-pruned model in memory, the same way: they all train the same small model.
+    shrinker = Shrinker(model, analysis, bridge, options.criterion, device) if options.finetune_small else None
     trainer = Trainer(
         bridge.module, constraints, tensors, train, val, objective, options.train,
         checkpoint_path=options.checkpoint, progress=_Progress(options.progress and world.is_main),
         after_finetune=lambda t: {"phase": "purify", **_near_zero_record(t, options)}, world=world, device=device,
+        shrink=shrinker,
     )
     if options.resume:
         trainer.restore(ckpt.load(options.checkpoint))
     trainer.run()
     trainer.apply_masks()
-    after = {"val": score(val), "test": score(test)}
+    after = {"val": score(trainer.module, val), "test": score(trainer.module, test)}
     if not world.is_main:
         return PruneResult(None, None, None)
-    masked = bridge.to_onnx()
-    purified = purify(masked)
-    diffs = verify_equal(masked, purified.model, what="pruned model")
+    if shrinker is None:
+        masked = bridge.to_onnx()
+        purified = purify(masked)
+        diffs = verify_equal(masked, purified.model, what="pruned model")
+    else:
+        small = shrinker.small
+        trained = small.bridge.to_onnx()
+        purified = purify(trained)
+        diffs = verify_equal(trained, purified.model, what="pruned model")
+        purified.plan = compose(small.plan, purified.plan, analysis)  # the report's widths are the original's
+        masked = shrinker.expand(trained, small.plan)  # full width, for the free-dims check and the caller
+        verify_equal(masked, purified.model, what="pruned model (against its full-width masked form)")
     report = _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre,
-                     describe_objective(kinds, use_labels, analysis.index.output_names))
+                     describe_objective(kinds, use_labels, analysis.index.output_names, options.distill_weight,
+                                        options.temperature))
     dims = keep_free_dims(original, purified.model, model, masked)  # the original's free dims, checked at a second shape
     report["input"] = {**image.to_json(), "free_dims": dims.to_json()}
     return PruneResult(dims.model, masked, report)
 
 
+def _finetune_record(trainer) -> dict:
+    """Which model the fine-tuning trained, and how big it was."""
+    params = sum(p.numel() for p in trainer.module.parameters() if p.requires_grad)
+    masked = sum(int((~m).sum()) for m in trainer.masks.values())
+    return {"model": "small" if trainer.shrunk is not None else "masked", "trained_params": params,
+            "masked_entries": masked}
+
+
 def _near_zero_record(trainer, options) -> dict:
     if not options.purify:
         return skipped(trainer, "turned off (--no-purify)").record(options.purify_tolerance)
-    return purify_near_zero(trainer, options.purify_tolerance, options.purify_max_evaluations).record(options.purify_tolerance)
+    return purify_near_zero(trainer, options.purify_tolerance, options.purify_max_evaluations,
+                            round_to=options.round_to).record(options.purify_tolerance)
 
 
 def _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre, objective) -> dict:
@@ -210,7 +244,7 @@ def _report(model, masked, purified, analysis, options, trainer, before, after, 
     small = analyze(purified.model)
     widths_after = {g.name: g.width for g in small.groups}
     near_zero = next((h for h in trainer.state.history if h.get("phase") == "purify"), {})
-    hard_kept = near_zero.get("kept_by_hard_prune", {})
+    hard_kept = near_zero.get("kept_by_hard_prune") or trainer.state.kept_by_hard_prune
     layers = []
     for g in analysis.groups:
         if g.is_boundary:
@@ -241,6 +275,8 @@ def _report(model, masked, purified, analysis, options, trainer, before, after, 
         "purification": {"near_zero": {k: v for k, v in near_zero.items() if k not in ("phase", "kept_by_hard_prune")},
                          "beyond_requested": removals_beyond_request(layers)},
         "history": trainer.state.history, "admm_residuals": trainer.residuals,
+        "finetune": _finetune_record(trainer),
+        "admm_choice": options.admm_choice,
         "admm_distance_to_structure": trainer.distances,
         "train_config": vars(options.train).copy(), "train_images": len(trainer.train), "val_images": len(trainer.val),
         "data": trainer.train.describe(),

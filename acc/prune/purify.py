@@ -10,10 +10,17 @@
     removal is kept while the validation loss stays within `tolerance` (relative, default 0.1 %)
     of where it started. It decides on at least MIN_VAL_IMAGES (256) validation images: with
     fewer, it is skipped and the record says why (a handful of images cannot tell a near-zero
-    channel from a useful one). Every group keeps at least one channel.
+    channel from a useful one). Every group keeps at least one channel. With `round_to` K
+    (`--round-to`) a candidate is a block of K channels of one group (its K smallest candidates
+    left, its norm the largest of them) and a group keeps at least K, so widths stay multiples of K.
+
+Near-zero purification runs on the model that was fine-tuned: by default the physically smaller
+one (acc.prune.shrink_phase: its own analysis, the constrained groups under their original names,
+the hard prune's removals already gone rather than zero), else the masked full-width one.
 
 The record (`NearZeroResult.record()`, in the run's history) also holds what the hard prune kept
-per group, so the report can show every removal beyond the requested rates.
+per group (as the trainer recorded it at the hard prune), so the report can show every removal
+beyond the requested rates.
 """
 
 from __future__ import annotations
@@ -50,7 +57,10 @@ class NearZeroResult:
 
 
 def kept_by_hard_prune(trainer) -> dict[str, int]:
-    """Channels with any weight left, per constrained group."""
+    """Channels with any weight left after the hard prune, per constrained group: as the trainer
+    recorded them then (a small model has lost its removed channels since), else counted now."""
+    if trainer.state.kept_by_hard_prune:
+        return dict(trainer.state.kept_by_hard_prune)
     return {g.name: int((g.scores(trainer.tensors) > 0).sum()) for g in trainer.constraints.groups}
 
 
@@ -59,9 +69,10 @@ def _norms(g, tensors) -> torch.Tensor:
     return scores.sqrt() if g.criterion == "l2" else scores
 
 
-def _candidates(trainer, threshold: float = NEAR_ZERO):
-    """(relative norm, group constraint, channel) for every kept, prunable channel whose norm is
-    below `threshold` of its group's mean kept norm, smallest first."""
+def _candidates(trainer, threshold: float = NEAR_ZERO, round_to: int = 1):
+    """(relative norm, group constraint, channels) for every kept, prunable channel whose norm is
+    below `threshold` of its group's mean kept norm (in blocks of `round_to` channels of one
+    group, smallest first within the group), smallest first."""
     out = []
     for g in trainer.constraints.groups:
         norms = _norms(g, trainer.tensors)
@@ -69,10 +80,11 @@ def _candidates(trainer, threshold: float = NEAR_ZERO):
         if int(kept.sum()) <= 1:
             continue
         mean = float(norms[kept].mean()) or 1.0
-        for j in torch.nonzero(kept).flatten().tolist():
-            relative = float(norms[j]) / mean
-            if relative < threshold:
-                out.append((relative, g, j))
+        below = sorted((float(norms[j]) / mean, j) for j in torch.nonzero(kept).flatten().tolist()
+                       if float(norms[j]) / mean < threshold)
+        for b in range(0, len(below) - round_to + 1, round_to):
+            block = below[b:b + round_to]
+            out.append((block[-1][0], g, [j for _, j in block]))
     out.sort(key=lambda c: (c[0], c[1].name, c[2]))
     return out
 
@@ -83,14 +95,14 @@ def skipped(trainer, reason: str) -> NearZeroResult:
 
 @torch.no_grad()
 def purify_near_zero(trainer, tolerance: float = DEFAULT_TOLERANCE, max_evaluations: int = 24, val_limit: int = 1000,
-                     min_images: int = MIN_VAL_IMAGES, threshold: float = NEAR_ZERO) -> NearZeroResult:
+                     min_images: int = MIN_VAL_IMAGES, threshold: float = NEAR_ZERO, round_to: int = 1) -> NearZeroResult:
     n_val = min(len(trainer.val), val_limit)
     if n_val < min_images:
         return skipped(trainer, f"only {n_val} validation images, it decides on at least {min_images}")
     if max_evaluations <= 0:
         return skipped(trainer, "no evaluations allowed")
     result = NearZeroResult({}, kept_by_hard_prune=kept_by_hard_prune(trainer), val_images=n_val)
-    candidates = _candidates(trainer, threshold)
+    candidates = _candidates(trainer, threshold, round_to)
     result.candidates = len(candidates)
     if not candidates:
         return result
@@ -103,16 +115,16 @@ def purify_near_zero(trainer, tolerance: float = DEFAULT_TOLERANCE, max_evaluati
     while i < len(candidates) and evals < max_evaluations:
         chunk, tentative = [], dict(left_in_group)
         for c in candidates[i:i + batch]:
-            if tentative[c[1].name] > 1:  # every group keeps at least one channel
+            if tentative[c[1].name] - len(c[2]) >= round_to:  # every group keeps at least one channel (K)
                 chunk.append(c)
-                tentative[c[1].name] -= 1
+                tentative[c[1].name] -= len(c[2])
         if not chunk:
             i += batch
             continue
         saved, new_masks = {}, {}
-        for _, g, j in chunk:
+        for _, g, js in chunk:
             kept = torch.ones(g.width, dtype=torch.bool)
-            kept[j] = False
+            kept[js] = False
             for name, entries in g.position_masks(kept, ZEROED_ROLES).items():
                 t = trainer.tensors[name]
                 saved.setdefault(name, t.detach().clone())
@@ -126,9 +138,9 @@ def purify_near_zero(trainer, tolerance: float = DEFAULT_TOLERANCE, max_evaluati
             loss = trial
             for name, m in new_masks.items():
                 trainer.masks[name] = trainer.masks[name] & m if name in trainer.masks else m
-            for _, g, _ in chunk:
-                removed[g.name] = removed.get(g.name, 0) + 1
-                left_in_group[g.name] -= 1
+            for _, g, js in chunk:
+                removed[g.name] = removed.get(g.name, 0) + len(js)
+                left_in_group[g.name] -= len(js)
             i += batch
             batch *= 2
         else:
