@@ -174,7 +174,7 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
 def test_demo_sample_is_balanced():
     train = load_dataset(DEMO / "cifar10_demo", split="train")
     test = load_dataset(DEMO / "cifar10_demo", split="test")
-    assert np.bincount(train.labels).tolist() == [200] * 10 and np.bincount(test.labels).tolist() == [100] * 10
+    assert np.bincount(train.labels).tolist() == [1000] * 10 and np.bincount(test.labels).tolist() == [200] * 10
 
 
 @pytest.mark.skipif(not (CIFAR / "train.jpeg.npz").is_file(), reason="shared CIFAR-10 pack absent")

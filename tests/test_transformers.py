@@ -307,3 +307,23 @@ def test_a_model_pruned_to_one_head_keeps_its_head_groups(exported, name, dynamo
     second = shrink(first.model, ratio=0.5, prune_embedding=True)
     stream = next(r for r in second.group_rows() if r["width_before"] == DIM)
     assert stream["width_after"] == DIM // 2
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_shrunk_vit_builds_with_tvm_and_matches_onnxruntime(exported, tmp_path, dynamo):
+    """The last stage takes what the head/MLP rewrite makes: TVM (host) computes what onnxruntime does."""
+    import onnxruntime as ort
+
+    from acc.backends.compile import build
+    from acc.backends.timing import TvmRunner
+
+    result = shrink(exported("vit", dynamo), ratio=0.5)
+    small = tmp_path / "vit_small.onnx"
+    onnx.save(result.model, small)
+    built = build(small, "host", tmp_path / "vit_small.so", log=lambda message: None)
+    sess = ort.InferenceSession(str(small), providers=["CPUExecutionProvider"])
+    feed = sess.get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in feed.shape]).astype(np.float32)
+    runner = TvmRunner(str(built.library))
+    runner.set_inputs([x])
+    np.testing.assert_allclose(runner.outputs()[0], sess.run(None, {feed.name: x})[0], rtol=1e-4, atol=1e-4)

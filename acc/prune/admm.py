@@ -206,7 +206,8 @@ class Trainer:
                 self._adopt(self.shrink.from_hard_prune(self))
             self.state.phase, self.state.epoch = "finetune", 0
             self.optimizer = self._make_optimizer(self.cfg.finetune_lr)
-            self.save()
+            if self.cfg.admm_epochs > 0:  # one-shot: the hard prune is a function of the input, redone on
+                self.save()  # resume, and a run that fails on its first batch leaves no file behind
         while self.state.phase == "finetune" and self.state.epoch < self.cfg.finetune_epochs:
             self._epoch(self.cfg.finetune_lr, self.cfg.finetune_epochs, admm=False)
         if self.state.phase == "finetune" and self.after_finetune is not None:
