@@ -327,3 +327,19 @@ def test_shrunk_vit_builds_with_tvm_and_matches_onnxruntime(exported, tmp_path, 
     runner = TvmRunner(str(built.library))
     runner.set_inputs([x])
     np.testing.assert_allclose(runner.outputs()[0], sess.run(None, {feed.name: x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_cost_model_counts_attention_matmuls_by_kept_heads(exported, dynamo):
+    """q@k^T and p@v carry no weight: their MACs must still shrink with the heads the search removes,
+    or a FLOPs target over-prunes everything else."""
+    from acc.passes.counting import count
+    from acc.prune.cost import CostModel
+
+    path = exported("vit", dynamo)
+    result = shrink(path, ratio=0.5)
+    cost = CostModel(result.analysis)
+    predicted = cost.flops(np.full(cost.size, 0.5))
+    actual = count(result.model).flops
+    assert any(g.unit == "head" for g in result.analysis.prunable_groups)
+    assert abs(predicted - actual) <= 0.01 * actual, (predicted, actual)

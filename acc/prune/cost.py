@@ -45,6 +45,21 @@ def kept_channels(width: int, prunable: int, rate: float, round_to: int = 1) -> 
 METRICS = ("params", "flops", "nonzero")
 
 
+def _output_axes(analysis: Analysis, node, root_group: dict, groups: int) -> dict:
+    """A weightless MatMul (attention's q@k^T and p@v): its MACs follow the channels its output
+    carries (whole heads), as a weighted node's follow its weight's axes."""
+    info = analysis.tensor_channels.get(node.output[0]) if node.output else None
+    if info is None:
+        return {}
+    find = analysis.elements.find
+    per_group = np.zeros(groups)
+    for e in info.layout.tolist():
+        gi = root_group.get(find(e)) if e >= 0 else None
+        if gi is not None:
+            per_group[gi] += 1
+    return {info.axis: (per_group, len(info.layout))} if per_group.any() else {}
+
+
 class CostModel:
     def __init__(self, analysis: Analysis, columns: dict[str, str] | None = None, round_to: int = 1):
         """`columns`: column layer (node name) -> its weight initializer, searched after the groups;
@@ -89,7 +104,10 @@ class CostModel:
         for m in analysis.members:
             if m.role in WEIGHT_ROLES:
                 weight_of.setdefault(m.node, m.initializer)
-        self.flop_terms = [(f, axes.get(weight_of.get(node), {})) for node, f in counts.node_flops.items() if f]
+        nodes = {n.name: n for n in analysis.index.graph.node}
+        self.flop_terms = [(f, axes.get(weight_of[node], {}) if node in weight_of
+                            else _output_axes(analysis, nodes[node], root_group, len(self.groups)))
+                           for node, f in counts.node_flops.items() if f]
 
     @property
     def size(self) -> int:
