@@ -105,7 +105,7 @@ def test_bn_recalibration_matches_statistics_computed_directly(zoo_path):
     first = batchnorms(torch_model.module)[0]
     with torch.no_grad():
         inputs = torch.cat([capture(torch_model.module, first, x, output=False) for x, _ in data.batches(96)])
-    assert recalibrate_bn(torch_model.module, data, batch_size=32) == len(batchnorms(torch_model.module))
+    assert recalibrate_bn(torch_model.module, data, batch_size=32, augment=False) == len(batchnorms(torch_model.module))
     # Pooled over all 96 images although they came in three batches: not an average of per-batch variances.
     expected_mean = inputs.double().mean((0, 2, 3))
     expected_var = inputs.double().var((0, 2, 3), unbiased=True)
@@ -114,7 +114,7 @@ def test_bn_recalibration_matches_statistics_computed_directly(zoo_path):
     assert not torch_model.module.training and not first.training
     # Deeper BatchNorms: in one batch, their statistics are those of that batch in training mode.
     last = batchnorms(torch_model.module)[-1]
-    recalibrate_bn(torch_model.module, data, batch_size=96)
+    recalibrate_bn(torch_model.module, data, batch_size=96, augment=False)
     for m in batchnorms(torch_model.module):
         m.train()
     with torch.no_grad():

