@@ -135,3 +135,24 @@ def test_bad_round_to_is_a_one_line_error(tiny, tmp_path, capsys, k, message):  
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not pruned.exists() and not list(tmp_path.iterdir())
+
+
+def test_shrink_ratio_with_round_to_keeps_multiples_of_k(model_path, tmp_path):
+    out, report = tmp_path / "s.onnx", tmp_path / "s.json"
+    assert main(["shrink", str(model_path("resnet20")), "-o", str(out), "--ratio", "0.3", "--round-to", "8",
+                 "--report", str(report)]) == 0
+    convs = {i.name: i.dims[0] for i in onnx.load(out).graph.initializer if len(i.dims) == 4}
+    assert convs and all(c % 8 == 0 for c in convs.values())  # 16/32/64 wide: 0.3 alone keeps 11, 22, 45
+    data = json.loads(report.read_text())
+    assert {g["width_after"] for g in data["groups"] if g["width_after"] < g["width_before"]} == {8, 24, 48}
+    assert all(v["max_abs_error"] <= 1e-3 * max(1.0, v["max_abs_output"]) for v in data["verification"])
+
+
+@pytest.mark.parametrize("args, message", [(["--ratio", "0.3", "--round-to", "0"], "--round-to must be"),
+                                           (["--ratio", "0.3", "--round-to", "65"], "wider than the widest prunable"),
+                                           (["--round-to", "8"], "--round-to is read only with --ratio")])
+def test_shrink_bad_round_to_is_a_one_line_error(model_path, tmp_path, capsys, args, message):
+    out = tmp_path / "s.onnx"
+    assert main(["shrink", str(model_path("resnet20")), "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()

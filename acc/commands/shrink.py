@@ -3,7 +3,7 @@ pruning, or post-training compression (searched rates, least-squares refit, Batc
 
 from __future__ import annotations
 
-from acc.commands.options import add_input_shape, parse_input_shapes
+from acc.commands.options import add_input_shape, add_round_to, parse_input_shapes
 from acc.format import human, ratio, table
 
 
@@ -12,7 +12,8 @@ def register(sub) -> None:
         "shrink",
         help="remove dead channels losslessly, a fraction of every group (--ratio), or reach a rate with no training (--rate --data)",
         description="Without --ratio or --rate: lossless purification (provably dead channels go, outputs stay equal). "
-        "With --ratio R: remove the fraction R of every prunable group's channels, smallest norm first. "
+        "With --ratio R: remove the fraction R of every prunable group's channels, smallest norm first "
+        "(with --round-to K each group keeps a multiple of K channels, the nearest to what R keeps). "
         "With --rate R --data D: R times fewer parameters (or FLOPs) with no training: per-group rates searched "
         "with a zero-training energy, then every layer reading pruned channels refitted by least squares to "
         "reproduce the original's feature maps, and BatchNorm re-estimated, from a few hundred calibration "
@@ -34,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--report", default=None, metavar="FILE.json", help="write counts, widths and kept indices")
     p.add_argument("--prune-embedding", action="store_true",
                    help="with --ratio: also narrow a transformer's residual stream (LayerNorm-coupled width)")
+    add_round_to(p)  # read with --ratio only
     add_input_shape(p)
     p.set_defaults(func=run)
 
@@ -67,7 +69,7 @@ def run(args) -> int:
         from acc.autocompress import parse_rate
 
         rate = parse_rate(args.rate)
-    result = api.shrink(
+    result = shrink_rounded(args) if args.round_to != 1 else api.shrink(
         args.model,
         output=args.output,
         ratio=args.ratio,
@@ -86,3 +88,26 @@ def run(args) -> int:
     print_summary(result)
     print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
     return 0
+
+
+def shrink_rounded(args):
+    """--ratio with --round-to: api.shrink's ratio path, the plan keeping multiples of K channels
+    (api.shrink has no round_to parameter yet; this is its ratio path with one)."""
+    import json
+
+    from acc import atomic
+    from acc.api import _keep_free_dims
+    from acc.passes.shrink import shrink
+    from acc.prune.posttrain.request import check_request
+
+    check_request(args.ratio, args.rate, args.data)
+    for path in (args.output, args.report):
+        if path is not None:
+            atomic.check_output_path(path)
+    result = shrink(args.model, ratio=args.ratio, criterion=args.criterion, input_shapes=parse_input_shapes(args.input_shape),
+                    prune_embedding=args.prune_embedding, round_to=args.round_to)
+    result.model = _keep_free_dims(args.model, result)
+    atomic.write_bytes(args.output, result.model.SerializeToString())
+    if args.report is not None:
+        atomic.write_text(args.report, json.dumps(result.report(), indent=2))
+    return result

@@ -44,13 +44,17 @@ def check_ratio(ratio: float) -> None:
         raise InputError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
 
 
-def ratio_plan(analysis: Analysis, ratio: float, criterion: str = "l1") -> Plan:
+def ratio_plan(analysis: Analysis, ratio: float, criterion: str = "l1", round_to: int = 1) -> Plan:
+    """`ratio` of every group removed; with `round_to` K each group keeps a multiple of K channels
+    (acc.prune.cost.kept_channels, the rule of acc prune and acc compile)."""
+    from acc.prune.cost import kept_channels  # here: acc.prune.nonzero imports this module
+
     check_ratio(ratio)
     keep = {}
     for name, norm in channel_norms(analysis, criterion).items():
         group = analysis.group(name)
         prunable = group.prunable
-        n_remove = min(int(round(ratio * group.width)), len(prunable), group.width - 1)
+        n_remove = group.width - kept_channels(group.width, len(prunable), ratio, round_to)
         if n_remove <= 0:
             continue
         # Stable order: ties broken by index, so the same model gives the same plan.

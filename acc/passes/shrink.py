@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from acc.errors import InputError
 from acc.passes.analysis import Analysis, analyze
 from acc.passes.counting import Counts, count
 from acc.passes.importer import normalize
@@ -79,16 +80,24 @@ def shrink(
     criterion: str = "l1",
     input_shapes: dict | None = None,
     prune_embedding: bool = False,
+    round_to: int = 1,
 ) -> ShrinkResult:
+    """`round_to` K (with `ratio`): every pruned group keeps a multiple of K channels."""
     original = source if isinstance(source, onnx.ModelProto) else load_model(source)
     if ratio is not None:
         check_ratio(ratio)
+    elif round_to != 1:
+        raise InputError("--round-to is read only with --ratio (lossless purification removes only dead channels)")
     model = normalize(original, input_shapes)
     analysis = analyze(model, prune_embedding=prune_embedding)
     before = given_counts(original, count(model, analysis.index))
     size = original.ByteSize()
+    if round_to != 1:
+        from acc.prune.rates import check_round_to  # imports torch: only when asked for
+
+        round_to = check_round_to(analysis, round_to)
     if ratio is not None:
-        plan = ratio_plan(analysis, ratio, criterion)
+        plan = ratio_plan(analysis, ratio, criterion, round_to)
         out = rewrite(analysis, plan)
         diffs = verify_equal(masked_model(analysis, plan), out, what="shrunk model")
         return ShrinkResult(out, "ratio", before, count(out), plan, analysis, diffs, size, out.ByteSize())
