@@ -129,6 +129,10 @@ def prune(
     layout: str | None = None,
     round_to: int = 1,
     finetune_small: bool = True,
+    target: str | None = None,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
     log=print,
 ):
     """ADMM structured pruning with given rates (a rates JSON path or dict, or `uniform`), then
@@ -139,7 +143,10 @@ def prune(
     `input_shapes` ({name: dims}) and `layout` ("NCHW"/"NHWC") are --input-shape and --layout.
     `round_to` K: every pruned group keeps a multiple of K channels (acc.prune.cost.kept_channels).
     `finetune_small=False` (--finetune-masked) fine-tunes the masked full-width model instead of
-    the physically smaller one (acc.prune.shrink_phase): the same result, slower; for comparison."""
+    the physically smaller one (acc.prune.shrink_phase): the same result, slower; for comparison.
+    `target` (with `rpc`, or `tracker` and `key`, for a device; "onnxruntime" for this machine's
+    onnxruntime) times the result against the original there: the report's `latency` section."""
+    from acc.backends import latency_device
     from acc.errors import InputError
     from acc.prune.admm import TrainConfig
     from acc.prune.pipeline import PruneOptions
@@ -153,6 +160,7 @@ def prune(
     if (rates is None) == (uniform is None):
         raise InputError("give exactly one of --rates and --uniform")
     _check_purify_tolerance(purify_tolerance)
+    timed_on = latency_device.check(target, rpc, tracker, key)
     if checkpoint is None and output is not None:
         checkpoint = f"{output}.ckpt"
     if resume and checkpoint is None:
@@ -200,9 +208,25 @@ def prune(
         return result
     if output is not None:
         atomic.write_bytes(output, result.model.SerializeToString())
+    if timed_on is not None:
+        result.report["latency"] = _measure_latency(model, result.model, output, timed_on, log)
     if report is not None:
         atomic.write_text(report, json.dumps(result.report, indent=2, default=float))
     return result
+
+
+def _measure_latency(original, pruned, output, device, log) -> dict:
+    """The report's `latency` section: the pruned model against the original, on `device`."""
+    import tempfile
+
+    from acc.backends import latency_device
+
+    if output is not None:
+        return latency_device.measure(original, output, device, log=log)
+    with tempfile.TemporaryDirectory(prefix="acc-prune-") as tmp:
+        path = os.path.join(tmp, "pruned.onnx")
+        atomic.write_bytes(path, pruned.SerializeToString())
+        return latency_device.measure(original, path, device, log=log)
 
 
 def compile(  # noqa: A001 - the verb users know
@@ -242,10 +266,15 @@ def compile(  # noqa: A001 - the verb users know
     purify_tolerance: float = 1e-3,
     input_shapes: dict | None = None,
     layout: str | None = None,
-    round_to: int = 1,
+    round_to: int | None = None,
     distill_weight: float | None = None,
     temperature: float | None = None,
     admm: str = "auto",
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    latency_cache: str | os.PathLike | None = None,
+    latency_check: bool = True,
     log=print,
 ):
     """The whole AutoCompress pipeline (see acc.autocompress). Returns a CompileResult whose
@@ -255,10 +284,15 @@ def compile(  # noqa: A001 - the verb users know
     `ray="HOST:PORT"` on an existing one; `candidates` per search step (default 1, or with Ray
     the workers the cluster holds), each Ray worker with `candidate_cpus` (1) and `candidate_gpus` (0).
     `purify` and `purify_tolerance` as for `prune`, in every round; `round_to` K: kept channel
-    counts are multiples of K, and the search meets the rate with those widths; `search_share`: the
+    counts are multiples of K, and the search meets the rate with those widths (None: 1, or 8 with
+    the latency metric); `search_share`: the
     most of each round's compute the search may take (fine-tune steps, then annealing steps are cut
     to fit; 0: no cap; acc.prune.search.fit_budget); `search_starts`: the start allocations scored
-    (default uniform, l1, bn: the lowest energy is where the annealing starts)."""
+    (default uniform, l1, bn: the lowest energy is where the annealing starts). `target` builds a
+    TVM library ("onnxruntime": none) and times the result against the original there (`rpc`, or
+    `tracker` and `key`, reach a device); `metric="latency"` counts milliseconds on that target from
+    a per-layer table timed there and cached under `latency_cache` (default ~/.cache/acc/latency);
+    `latency_check` times the result against the original on onnxruntime when there is no target."""
     import math
 
     from acc.autocompress import CompileOptions, compile_model, parse_rate
@@ -291,7 +325,9 @@ def compile(  # noqa: A001 - the verb users know
                              candidate_cpus=1.0 if candidate_cpus is None else candidate_cpus,
                              candidate_gpus=0.0 if candidate_gpus is None else candidate_gpus,
                              input_shapes=input_shapes, layout=layout, purify=purify, purify_tolerance=purify_tolerance,
-                             round_to=round_to, admm=admm, **recipe)
+                             round_to=round_to, admm=admm, rpc=rpc, tracker=tracker, key=key,
+                             latency_cache=str(latency_cache) if latency_cache else None, latency_check=latency_check,
+                             **recipe)
     return compile_model(model, data, output, options, log=log)
 
 

@@ -12,6 +12,7 @@ the TVM library of the final model too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 import onnx
 
 from acc import atomic
+from acc.backends import latency_device
 from acc.errors import InputError
 from acc.passes.analysis import analyze
 from acc.passes.counting import count
@@ -72,8 +74,13 @@ class CompileOptions:
     device: str = "cpu"
     progress: bool = True
     search: SearchConfig = field(default_factory=SearchConfig)
-    target: str | None = None
+    target: str | None = None  # TVM target for the library (and --metric latency), or "onnxruntime"
     tune_trials: int = 0
+    rpc: str | None = None  # the device of --target: an RPC server, or a tracker and key
+    tracker: str | None = None
+    key: str | None = None
+    latency_cache: str | None = None  # layer-time cache folder (None: ~/.cache/acc/latency)
+    latency_check: bool = True  # time the original and the result side by side at the end (report's latency)
     strategy: str = "anneal"  # or "uniform": one rate for every group (the baseline the search must beat)
     workers: int | None = None  # data loader processes (None: acc.data.stream.default_workers)
     cache_mb: float = 1024.0  # decode the data into memory when it fits, else stream it
@@ -86,7 +93,8 @@ class CompileOptions:
     purify_tolerance: float = 1e-3  # relative validation-loss increase it may cost
     input_shapes: dict[str, list[int]] | None = None  # --input-shape (resolved: the shape every round works at)
     layout: str | None = None  # NCHW or NHWC (resolved from the preprocess JSON or the input's shape)
-    round_to: int = 1  # kept channel counts are multiples of this (--round-to; acc.prune.cost.kept_channels)
+    round_to: int | None = 1  # kept channel counts are multiples of this (--round-to; acc.prune.cost.kept_channels);
+    # None: LATENCY_ROUND_TO with the latency metric (where the widest group allows), else 1
     admm: str = "auto"  # --admm auto|on|off (acc.prune.schedule.choose_admm)
     distill_weight: float = DEFAULT_DISTILL_WEIGHT  # with labels: (1 - a) * cross-entropy + a * distillation
     temperature: float = DISTILL_TEMPERATURE
@@ -102,8 +110,12 @@ class CompileResult:
 
 def _fingerprint(model_path, data, options: CompileOptions) -> dict:
     o = asdict(options)
-    for volatile in ("resume", "progress", "target", "tune_trials", "workers", "ray", "candidates", "candidate_cpus", "candidate_gpus"):
-        o.pop(volatile)
+    volatile = ["resume", "progress", "tune_trials", "workers", "ray", "candidates", "candidate_cpus", "candidate_gpus",
+                "rpc", "tracker", "key", "latency_cache", "latency_check"]
+    if options.metric != "latency":  # the target is what the latency metric counts; else only the build's
+        volatile.append("target")
+    for name in volatile:
+        o.pop(name)
     o["search"].pop("candidates")  # where and how widely candidates are scored: a resumed run may change it
     return {"model": str(Path(model_path).resolve()), "data": str(Path(data).resolve()), "options": o}
 
@@ -148,21 +160,34 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
     options = replace(options, input_shapes=image.shapes, layout=image.layout)
     original = normalize(loaded, image.shapes)
     analysis = analyze(original)
+    if options.round_to is None:
+        options = replace(options, round_to=default_round_to(analysis, options.metric))
+        if options.round_to > 1:
+            log(f"latency metric: kept widths are multiples of {options.round_to}, the widths its table times "
+                "(--round-to 1 allows any)")
     check_round_to(analysis, options.round_to)
     options = replace(options, search=replace(options.search, round_to=options.round_to))
-    cost = cost_model(analysis, options.metric, options.round_to)
-    reachable = max_reduction(analysis, options.metric, options.search)
-    if options.rate > reachable:
-        raise InputError(f"--rate {options.rate:g}x is out of reach for this graph: the most it can reach is "
-                         f"{reachable:.1f}x fewer {options.metric} (every prunable group"
-                         f"{' and column layer' if options.metric == 'nonzero' else ''} at {options.search.max_rate:.0%}"
-                         f"{f', widths multiples of {options.round_to}' if options.round_to > 1 else ''})")
+    device = latency_device.check(options.target, options.rpc, options.tracker, options.key, options.metric,
+                                  options.tune_trials)
     if not Path(data).exists():
         raise InputError(f"dataset not found: {data}")
     # Every rank of a multi-process run trains each round; rank 0 alone searches, writes and reports.
     world = distributed.setup(options.device)
     if not world.is_main:
         log = _silent
+    latency_for = None
+    if options.metric == "latency" and world.is_main:
+        timer = latency_device.open_timer(device, options.latency_cache, log)
+        resources.callback(lambda: setattr(timer, "session", None))  # the device is free for others after the run
+        latency_for = _latency_models(timer, options.round_to, log)
+    cost = cost_model(analysis, options.metric, options.round_to, latency_for(analysis) if latency_for else None)
+    reachable = max_reduction(analysis, options.metric, options.search, cost.latency_model) \
+        if options.metric != "latency" or latency_for else float("inf")
+    if options.rate > reachable:
+        raise InputError(f"--rate {options.rate:g}x is out of reach for this graph: the most it can reach is "
+                         f"{reachable:.1f}x {'faster' if options.metric == 'latency' else 'fewer ' + options.metric} (every prunable group"
+                         f"{' and column layer' if options.metric == 'nonzero' else ''} at {options.search.max_rate:.0%}"
+                         f"{f', widths multiples of {options.round_to}' if options.round_to > 1 else ''})")
     cluster = None
     if options.ray and world.is_main and options.strategy == "anneal":  # rank 0 alone searches; a dead address
         # is refused before anything is written
@@ -184,7 +209,7 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
         atomic.write_text(state_dir / "run.json", json.dumps(fingerprint, indent=2))
     world.barrier()
 
-    total = cost.total(options.metric)
+    total = cost.total(options.metric) if world.is_main or options.metric != "latency" else 0.0
     current = Path(model_path)
     rounds = []
     for k in range(1, options.rounds + 1):
@@ -197,7 +222,7 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
             log(f"round {k}/{options.rounds}: done before, skipped")
             continue
         goal = total / options.rate ** (k / options.rounds)
-        record = _run_round(k, current, model_path, data, goal, options, round_dir, log, cluster)
+        record = _run_round(k, current, model_path, data, goal, options, round_dir, log, cluster, latency_for)
         current = round_dir / "model.onnx"
         if not world.is_main:
             continue
@@ -212,8 +237,14 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
     report = _report(model_path, original, final, rounds, options, started)
     report["input"] = {**image.to_json(), "free_dims": rounds[-1]["prune"].get("input", {}).get("free_dims")}
     report["world_size"] = world.size
+    if latency_for is not None:
+        timer.session = None  # measuring below opens its own session to the device
+    if options.latency_check or device is not None:
+        report["latency"] = {**latency_device.measure(model_path, final_path, device,
+                                                      latency_target=options.metric == "latency", log=log),
+                             **_latency_prediction(rounds, options, total)}
     library = None
-    if options.target:
+    if options.target and options.target != latency_device.ONNXRUNTIME:
         from acc.backends.compile import build
 
         built = build(final_path, options.target, out_dir / "model.so", tune_trials=options.tune_trials, log=log,
@@ -231,14 +262,53 @@ def _silent(*args, **kwargs) -> None:
     pass
 
 
+LATENCY_ROUND_TO = 8  # NEON holds 4 floats, AVX2 8, AVX-512 16: 8 lines up with most CPU kernels
+
+
+def default_round_to(analysis, metric: str) -> int:
+    """--round-to when not given: LATENCY_ROUND_TO for the latency metric, where a group is that wide."""
+    widest = max((g.width for g in analysis.prunable_groups), default=0)
+    return LATENCY_ROUND_TO if metric == "latency" and widest >= LATENCY_ROUND_TO else 1
+
+
+def _latency_models(timer, round_to: int, log):
+    """analysis -> its LatencyModel, timed with `timer` (layer times are cached across rounds)."""
+    from acc.prune.latency_cost import build_latency_model
+
+    built: dict[str, object] = {}
+
+    def latency_for(analysis):
+        # round 1 analyses the model the run started from: its model is the one already timed
+        digest = hashlib.sha256(analysis.model.SerializeToString()).hexdigest()
+        if digest not in built:
+            built[digest] = build_latency_model(analysis, timer.time_layers, timer.time_models, round_to,
+                                                timer.describe(), log)
+        return built[digest]
+
+    return latency_for
+
+
+def _latency_prediction(rounds: list[dict], options: CompileOptions, total: float) -> dict:
+    """What the search aimed at and predicted, next to the measured figures (metric latency only)."""
+    if options.metric != "latency" or not rounds:
+        return {}
+    last = rounds[-1]
+    return {"goal_ms": total / options.rate, "predicted_ms": last.get("latency_predicted_ms"),
+            "table_ms": total, "table": last.get("latency_table")}
+
+
 def _run_round(k, current: Path, original_path, data, goal, options: CompileOptions, round_dir: Path, log,
-               cluster: RayCluster | None = None) -> dict:
+               cluster: RayCluster | None = None, latency_for=None) -> dict:
     started = time.time()
     model = normalize(load_model(current), options.input_shapes)
     analysis = analyze(model)
-    cost = cost_model(analysis, options.metric, options.round_to)
-    before = cost.total(options.metric)
-    log(f"round {k}/{options.rounds}: {options.metric} {before:,.0f} -> {goal:,.0f}")
+    latency = latency_for(analysis) if latency_for else None
+    cost = cost_model(analysis, options.metric, options.round_to, latency)
+    if options.metric != "latency" or latency is not None:
+        unit = " ms" if options.metric == "latency" else ""
+        before = cost.total(options.metric)
+        log(f"round {k}/{options.rounds}: {options.metric} {before:,.{3 if unit else 0}f}{unit} -> "
+            f"{goal:,.{3 if unit else 0}f}{unit}")
     choice = choose_admm(options.admm, max(1, options.budget_epochs // 2),
                          max(1, options.budget_epochs - options.budget_epochs // 2))
     if choice["method"] == "one-shot" and k == 1:
@@ -267,7 +337,12 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
         return None
     r = result.report
     group_rates, column_rates = cost.split(rates)
-    return {
+    measured = {}
+    if latency is not None:
+        measured = {"latency_predicted_ms": cost.measure(rates, "latency"), "latency_table": {
+            **latency.how, "layers": len(latency.nodes), "model_ms": latency.measured_ms, "half_ms": latency.half_ms,
+            "scale": latency.scale, "fixed_ms": latency.fixed_ms}}
+    return {**measured,
         "round": k, "goal": goal, "metric": options.metric,
         "rates": {name: float(x) for name, x in zip(cost.names, group_rates)},
         "column_rates": {name: float(x) for name, x in zip(cost.column_names, column_rates)},

@@ -27,7 +27,30 @@ def summary_rows(report: dict) -> list[list[str]]:
         ["parameters (dense)", human(p["before"]), human(p["after_dense"]), ratio(p["before"], p["after_dense"])],
         ["parameters (non-zero)", human(p["before"]), human(p["after_nonzero"]), ratio(p["before"], p["after_nonzero"])],
         ["FLOPs (MACs)", human(f["before"]), human(f["after"]), ratio(f["before"], f["after"])],
-    ]
+    ] + latency_rows(report.get("latency"))
+
+
+def latency_rows(latency: dict | None) -> list[list[str]]:
+    """Measured milliseconds, original and result side by side, per engine (report's `latency`)."""
+    if not latency:
+        return []
+    rows = []
+    where = "" if latency.get("device") in (None, "host") else f", {latency['device']}"
+    engines = [(latency["engine"] + (f" {latency['target']}" if latency["engine"] == "tvm" else "") + where, latency)]
+    if latency.get("onnxruntime"):
+        engines.append(("onnxruntime", latency["onnxruntime"]))
+    for name, x in engines:
+        speedup = f"{x['speedup']:.2f}x" if x.get("speedup") else ""
+        rows.append([f"latency ms ({name})", f"{x['before_ms']:.3f}", f"{x['after_ms']:.3f}", speedup])
+    return rows
+
+
+def latency_line(latency: dict | None) -> str | None:
+    """The latency goal, prediction and measurement (metric latency)."""
+    if not latency or latency.get("goal_ms") is None:
+        return None
+    return (f"latency goal {latency['goal_ms']:.3f} ms, predicted {latency['predicted_ms']:.3f} ms, measured "
+            f"{latency['after_ms']:.3f} ms ({latency['engine']}, {latency['device']})")
 
 
 def _top5_rows(before: dict, after: dict) -> list[list[str]]:
@@ -183,6 +206,11 @@ def markdown(report: dict, plots: list[str]) -> str:
         lines += [search_cost_line(report)[0].upper() + search_cost_line(report)[1:] + ".", ""]
     if input_line(report.get("input")):
         lines += [input_line(report["input"]), ""]
+    latency = report.get("latency") or {}
+    if latency_line(latency):
+        lines += [latency_line(latency)[0].upper() + latency_line(latency)[1:] + ".", ""]
+    if latency.get("warning"):
+        lines += [f"**Warning**: {latency['warning']}.", ""]
     lines += ["## Rounds", ""]
     lines.append(table(["round", "goal", "parameters", "non-zero", "FLOPs", "accuracy", "seconds"],
                        [[r["round"], human(r["goal"]), human(r["params_after"]), human(r.get("nonzero_after") or r["params_after"]),

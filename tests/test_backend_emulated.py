@@ -60,3 +60,22 @@ def test_emulated_device_is_aarch64_and_rejects_host_libraries(device, tmp_path,
 def test_cli_build_only_reuses_the_cache(device, capsys):
     assert main(["device", "start-emulated-arm64", "--build-only"]) == 0
     assert "emulated arm64 device ready in" in capsys.readouterr().out
+
+
+def test_latency_table_timed_on_the_device(device, tmp_path):
+    """--metric latency on arm64: the layer shapes go to the device in one library and are timed there."""
+    from acc.backends import layer_latency, rpc, targets
+    from acc.passes.analysis import analyze
+    from acc.passes.importer import import_model
+    from acc.prune.latency_cost import build_latency_model
+
+    analysis = analyze(import_model(export(TinyCNN(), tmp_path / "tiny.onnx")))
+    spec = targets.resolve("arm64")
+    timer = layer_latency.TvmTimer(spec, session=rpc.connect(device.address), device=f"rpc {device.address}",
+                                   cc=spec.cc, cache_dir=tmp_path / "cache", rounds=2, min_repeat_ms=0,
+                                   log=lambda m: None)
+    lm = build_latency_model(analysis, timer.time_layers, timer.time_models, how=timer.describe(), log=lambda m: None)
+    assert lm.measured_ms > 0 and all((x.table > 0).all() for x in lm.nodes)
+    assert "tvm-llvm-" in timer.cache.path.name and lm.how["device"].startswith("rpc ")
+    full = [1.0] * len(analysis.prunable_groups)
+    assert lm.predict([0.25 * f for f in full]) < lm.predict(full)

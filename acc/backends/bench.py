@@ -70,10 +70,13 @@ class _Prepared:
 
 
 def _prepare(path: str, target: str | None, workdir: Path, index: int, build_opts: dict, log,
-             remote: bool) -> _Prepared:
+             remote: bool, tvm: bool = True) -> _Prepared:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"no such file: {p}")
+    if p.suffix == ".onnx" and not tvm:
+        return _Prepared(str(p), "", {"inputs": [asdict(i) for i in compile_mod.graph_inputs(compile_mod.load_onnx(p), {})],
+                                      "target_name": "onnxruntime"})
     if p.suffix == ".onnx":
         lib = workdir / f"model{index}.so"
         compile_mod.build(p, target or "host", lib, log=log, **build_opts)
@@ -130,6 +133,7 @@ def bench(
     repeat: int = 30,
     min_repeat_ms: float | None = None,
     onnxruntime: bool = True,
+    tvm: bool = True,
     seed: int = 0,
     log=print,
     **build_opts,
@@ -137,6 +141,8 @@ def bench(
     """Check `model` (and `compare`) against onnxruntime, then time them; see the module doc."""
     if repeat < 1:
         raise InputError("--repeat must be >= 1")
+    if not tvm and (rpc or tracker or not onnxruntime):
+        raise InputError("without TVM only onnxruntime on the host is timed")
     remote_wanted = bool(rpc or tracker)
     session = rpc_mod.connect(rpc, tracker, key) if remote_wanted else None  # fail fast, before building
     if remote_wanted and str(model).endswith(".onnx") and not (target or build_opts.get("target_json")):
@@ -149,7 +155,7 @@ def bench(
 
     with tempfile.TemporaryDirectory(prefix="acc-bench-") as tmp:
         workdir = Path(tmp)
-        prepared = [_prepare(p, target, workdir, i, build_opts, log, remote_wanted) for i, p in enumerate(paths)]
+        prepared = [_prepare(p, target, workdir, i, build_opts, log, remote_wanted, tvm) for i, p in enumerate(paths)]
         input_files = []
         for i, prep in enumerate(prepared):
             f = workdir / f"inputs{i}.npz"
@@ -165,7 +171,9 @@ def bench(
         for r, lat in zip(results, ort.get("latency") or []):
             r.onnxruntime = Latency(**lat)
 
-        if remote_wanted:
+        if not tvm:
+            tvm_times = []
+        elif remote_wanted:
             tvm_times = _bench_remote(session, prepared, input_files, ort["outputs"], results, repeat, min_ms)
         else:
             code, res = _worker({"engine": "tvm", "models": [p.library for p in prepared], "inputs": input_files,

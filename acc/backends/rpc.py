@@ -210,8 +210,10 @@ def connect(
     tracker: str | None = None,
     key: str | None = None,
     session_timeout: float = 0,
+    wait: float | None = None,
 ):
-    """An RPC session to a server (HOST:PORT) or to a device with `key` behind a tracker."""
+    """An RPC session to a server (HOST:PORT) or to a device with `key` behind a tracker; a tracker
+    whose devices of `key` are all busy is waited on for `wait` seconds (default ACC_RPC_WAIT or 60)."""
     from tvm import rpc as tvm_rpc
 
     if rpc_addr and tracker:
@@ -226,16 +228,40 @@ def connect(
             raise ToolchainError(
                 f"no RPC server with key {key!r} at tracker {host}:{port} (keys there: {', '.join(keys) or 'none'})"
             )
-        try:
-            return tvm_rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout, max_retry=2)
-        except Exception as err:  # noqa: BLE001
-            raise ToolchainError(f"tracker {host}:{port} gave no session for key {key!r}: {_one_line(err)}") from None
+        wait = float(os.environ.get("ACC_RPC_WAIT", 60)) if wait is None else wait
+        return _request_within(host, port, key, session_timeout, wait)
     host, port = parse_hostport(rpc_addr, "--rpc")
     _check_reachable(host, port, "RPC server", 5.0)
     try:
         return tvm_rpc.connect(host, port, session_timeout=session_timeout)
     except Exception as err:  # noqa: BLE001
         raise ToolchainError(f"RPC server at {host}:{port} refused the session: {_one_line(err)}") from None
+
+
+def _request_within(host: str, port: int, key: str, session_timeout: float, wait: float):
+    """The tracker queues a request until a device is free: wait for it at most `wait` seconds."""
+    import threading
+
+    from tvm import rpc as tvm_rpc
+
+    box: dict = {}
+
+    def request():
+        try:
+            box["session"] = tvm_rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout,
+                                                                          max_retry=2)
+        except Exception as err:  # noqa: BLE001 - reported below in one line
+            box["error"] = err
+
+    worker = threading.Thread(target=request, daemon=True)
+    worker.start()
+    worker.join(wait)
+    if worker.is_alive():
+        raise ToolchainError(f"no free device with key {key!r} at tracker {host}:{port} within {wait:.0f} s "
+                             "(all are busy; set ACC_RPC_WAIT to wait longer)")
+    if "error" in box:
+        raise ToolchainError(f"tracker {host}:{port} gave no session for key {key!r}: {_one_line(box['error'])}")
+    return box["session"]
 
 
 def _one_line(err: BaseException) -> str:

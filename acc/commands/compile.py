@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from acc.commands.options import add_data_options, add_devices, add_purify_options, add_round_to, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
-from acc.commands.options import add_training_recipe
+from acc.commands.options import add_device, add_training_recipe
 
 
 def register(sub) -> None:
@@ -17,9 +17,10 @@ def register(sub) -> None:
     p.add_argument("--rate", required=True, help="reduction: 30x, 30, or 96.7%% (removed)")
     p.add_argument("--data", required=True, help="training data (packed folder/.npz, image folder, or arrays)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for model.onnx, report.json, report.md, plots")
-    p.add_argument("--metric", choices=["params", "flops", "nonzero"], default="params",
-                   help="what --rate counts: dense parameters (default), FLOPs, or non-zero parameters "
-                   "(the paper's count; the search then also chooses column pruning per layer)")
+    p.add_argument("--metric", choices=["params", "flops", "nonzero", "latency"], default="params",
+                   help="what --rate counts: dense parameters (default), FLOPs, non-zero parameters "
+                   "(the paper's count; the search then also chooses column pruning per layer), or latency "
+                   "measured on --target (a per-layer table timed there, cached)")
     p.add_argument("--rounds", type=int, default=3, help="progressive rounds (default 3)")
     p.add_argument("--budget-epochs", type=int, default=4, help="training epochs per round, half ADMM half fine-tuning (default 4)")
     p.add_argument("--search-steps", type=int, default=None, help="annealing steps per round (default: 100 -> 20 at x0.9, 16 steps)")
@@ -43,8 +44,11 @@ def register(sub) -> None:
                    help="anneal: search the per-layer rates (default); uniform: one rate for every group, the baseline")
     p.add_argument("--limit", type=int, default=None, help="train on a seeded random subset of this many images")
     p.add_argument("--test-limit", type=int, default=None, help="score the test split on this many images")
-    p.add_argument("--target", default=None, help="also build a TVM library for this target (host, arm64, rpi4, pixel, ...)")
+    p.add_argument("--target", default=None,
+                   help="also build a TVM library for this target (host, arm64, rpi4, pixel, ...) and time the result "
+                   "against the original there; 'onnxruntime': the ONNX model on this machine's onnxruntime, no library")
     p.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials per task for --target")
+    add_device(p)
     sup = p.add_mutually_exclusive_group()
     sup.add_argument("--labels", dest="labels", action="store_true", default=None, help="train on labels (default when present)")
     sup.add_argument("--distill", dest="labels", action="store_false", help="learn the original model's outputs")
@@ -56,7 +60,7 @@ def register(sub) -> None:
     add_training_recipe(p)
     add_data_options(p)
     add_purify_options(p)
-    add_round_to(p)
+    add_round_to(p, None, "1; with --metric latency 8, the widths its table times")
     add_input_shape(p)
     add_layout(p)
     p.set_defaults(func=run)
@@ -80,6 +84,7 @@ def run(args) -> int:
         ray=args.ray, candidates=args.candidates, candidate_cpus=args.candidate_cpus, candidate_gpus=args.candidate_gpus,
         input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
         distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm,
+        rpc=args.rpc, tracker=args.tracker, key=args.key,
     )
     if not result.report:  # a rank other than 0: rank 0 reports
         return 0
@@ -98,6 +103,10 @@ def run(args) -> int:
 
     if input_line(result.report.get("input")):
         print(input_line(result.report["input"]))
+    from acc.report import latency_line
+
+    if latency_line(result.report.get("latency")):
+        print(latency_line(result.report["latency"]))
     print(f"wrote {result.model_path}, {result.out_dir / 'report.json'}, {result.out_dir / 'report.md'}"
           + (f", {result.library}" if result.library else ""))
     return 0

@@ -55,11 +55,11 @@ def add_purify_options(parser) -> None:
                         help="no near-zero purification: only the requested rates, and channels provably dead")
 
 
-def add_round_to(parser) -> None:
-    """Kept channel counts in multiples of K (acc prune, acc compile)."""
-    parser.add_argument("--round-to", type=int, default=1, metavar="K",
+def add_round_to(parser, default: int | None = 1, default_text: str = "1") -> None:
+    """Kept channel counts in multiples of K (acc prune, acc compile, acc shrink --ratio)."""
+    parser.add_argument("--round-to", type=int, default=default, metavar="K",
                         help="keep a multiple of K channels in every pruned group (fast kernels work in blocks of 4, 8, "
-                        "16 channels on NEON/GPU); groups no wider than K stay whole (default 1)")
+                        f"16 channels on NEON/GPU); groups no wider than K stay whole (default {default_text})")
 
 
 def add_devices(parser) -> None:
@@ -96,3 +96,11 @@ def add_training_recipe(parser) -> None:
     parser.add_argument("--admm", choices=["auto", "on", "off"], default="auto",
                         help="auto: ADMM where the budget lets it pay, else one-shot pruning + fine-tuning with all the "
                         "epochs (default); on: always ADMM; off: always one-shot")
+
+
+def add_device(parser) -> None:
+    """The device a --target runs on: an RPC server, or a tracker and a key (host targets need neither)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--rpc", metavar="HOST:PORT", help="the TVM RPC server of the --target device")
+    where.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker with the --target device (with --key)")
+    parser.add_argument("--key", help="the device key at the tracker")

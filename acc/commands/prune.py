@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from acc.commands.options import add_data_options, add_devices, add_purify_options, add_round_to, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
+from acc.commands.options import add_device, add_data_options, add_devices, add_purify_options, add_round_to, add_input_shape, add_layout, parse_input_shapes, spawned_ranks
 from acc.commands.options import add_training_recipe
 
 
@@ -46,6 +46,10 @@ def register(sub) -> None:
     add_layout(p)
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, cuda:N)")
     add_devices(p)
+    p.add_argument("--target", default=None,
+                   help="time the result against the original on this target (host, arm64, ... with --rpc or "
+                   "--tracker/--key; onnxruntime: this machine's onnxruntime): the report's latency section")
+    add_device(p)
     p.set_defaults(func=run)
 
 
@@ -67,6 +71,11 @@ def print_summary(report: dict) -> None:
     line = input_line(report.get("input"))
     if line:
         print(line)
+    from acc.report import latency_line
+
+    line = latency_line(report.get("latency"))
+    if line:
+        print(line)
 
 
 def run(args) -> int:
@@ -84,7 +93,7 @@ def run(args) -> int:
         augment=args.augment, input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
         purify=args.purify, purify_tolerance=args.purify_tolerance,
         distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm, round_to=args.round_to,
-        finetune_small=not args.finetune_masked,
+        finetune_small=not args.finetune_masked, target=args.target, rpc=args.rpc, tracker=args.tracker, key=args.key,
     )
     if result.report is None:  # a rank other than 0: rank 0 reports
         return 0

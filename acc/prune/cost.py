@@ -42,7 +42,7 @@ def kept_channels(width: int, prunable: int, rate: float, round_to: int = 1) -> 
     return min(options, key=lambda m: (abs(m - kept), -m))  # nearest; a tie keeps more
 
 
-METRICS = ("params", "flops", "nonzero")
+METRICS = ("params", "flops", "nonzero", "latency")
 
 
 def _output_axes(analysis: Analysis, node, root_group: dict, groups: int) -> dict:
@@ -61,10 +61,13 @@ def _output_axes(analysis: Analysis, node, root_group: dict, groups: int) -> dic
 
 
 class CostModel:
-    def __init__(self, analysis: Analysis, columns: dict[str, str] | None = None, round_to: int = 1):
+    def __init__(self, analysis: Analysis, columns: dict[str, str] | None = None, round_to: int = 1,
+                 latency=None):
         """`columns`: column layer (node name) -> its weight initializer, searched after the groups;
-        `round_to`: kept channel counts are multiples of it (see kept_channels)."""
+        `round_to`: kept channel counts are multiples of it (see kept_channels); `latency`: an
+        acc.prune.latency_cost.LatencyModel of this graph, for the "latency" metric (milliseconds)."""
         self.round_to = int(round_to)
+        self.latency_model = latency
         self.groups = analysis.prunable_groups
         self.names = [g.name for g in self.groups]
         self.widths = np.array([g.width for g in self.groups])
@@ -159,9 +162,19 @@ class CostModel:
     def flops(self, rates: np.ndarray) -> float:
         return float(self._terms(self.flop_terms, self.keep_fractions(rates)).sum())
 
+    def latency(self, rates: np.ndarray) -> float:
+        """Predicted milliseconds on the engine the latency model was measured on."""
+        if self.latency_model is None:
+            raise ValueError("the latency metric needs a cost model built with a latency model")
+        return self.latency_model.predict(self.keep_fractions(rates))
+
     def measure(self, rates: np.ndarray, metric: str) -> float:
-        return {"params": self.params, "flops": self.flops, "nonzero": self.nonzero}[metric](rates)
+        return {"params": self.params, "flops": self.flops, "nonzero": self.nonzero, "latency": self.latency}[metric](rates)
 
     def total(self, metric: str) -> float:
-        """The model's own count: dense or non-zero parameters, or FLOPs."""
+        """The model's own count: dense or non-zero parameters, FLOPs, or its measured milliseconds."""
+        if metric == "latency":
+            if self.latency_model is None:
+                raise ValueError("the latency metric needs a cost model built with a latency model")
+            return float(self.latency_model.total())
         return float({"params": self.params_total, "flops": self.flops_total, "nonzero": self.nonzero_total}[metric])

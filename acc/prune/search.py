@@ -244,9 +244,10 @@ def mild_groups(analysis: Analysis) -> set[str]:
     return names
 
 
-def cost_model(analysis: Analysis, metric: str, round_to: int = 1) -> CostModel:
-    """The search's cost model: column rates are searched only when the metric counts them."""
-    return CostModel(analysis, column_search_layers(analysis) if metric == "nonzero" else None, round_to)
+def cost_model(analysis: Analysis, metric: str, round_to: int = 1, latency=None) -> CostModel:
+    """The search's cost model: column rates are searched only when the metric counts them;
+    `latency` (acc.prune.latency_cost.LatencyModel) is what the "latency" metric predicts from."""
+    return CostModel(analysis, column_search_layers(analysis) if metric == "nonzero" else None, round_to, latency)
 
 
 def annealing_steps(config: SearchConfig) -> int:
@@ -313,10 +314,10 @@ def to_rates(cost: CostModel, rates: np.ndarray) -> Rates:
                  columns={n: float(r) for n, r in zip(cost.column_names, column_rates) if r > 0})
 
 
-def max_reduction(analysis: Analysis, metric: str, config: SearchConfig | None = None) -> float:
+def max_reduction(analysis: Analysis, metric: str, config: SearchConfig | None = None, latency=None) -> float:
     """The largest reduction the searchable structure reaches (every rate at max_rate)."""
     config = config or SearchConfig()
-    cost = cost_model(analysis, metric, config.round_to)
+    cost = cost_model(analysis, metric, config.round_to, latency)
     return cost.total(metric) / cost.measure(np.full(cost.size, config.max_rate), metric)
 
 

@@ -1,0 +1,169 @@
+"""`--metric latency`: per-layer tables timed on the engine (cached), the cost model's prediction,
+the search meeting a latency goal, report.json's measured `latency` section, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from acc.backends import layer_latency, rpc, targets
+from acc.cli import main
+from acc.passes.analysis import analyze
+from acc.passes.counting import count
+from acc.passes.importer import import_model
+from acc.prune.latency_cost import build_latency_model, plan_layers
+from acc.prune.search import Guidance, SearchConfig, cost_model, max_reduction
+
+from test_prune import DEMO, tiny  # noqa: F401 - the tiny CNN fixture (widths 16, 32, 32)
+from test_search import DEMO as DEMO_DIR
+
+FAST_COMPILE = ["--rounds", "1", "--budget-epochs", "1", "--search-steps", "2", "--eval-images", "64", "--limit", "160",
+                "--test-limit", "100", "--search-finetune-steps", "0", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # layer times of a test stay in the test
+
+
+@pytest.fixture(scope="module")
+def analysis(tiny):  # noqa: F811
+    return analyze(import_model(tiny))
+
+
+def _macs(model: onnx.ModelProto) -> float:
+    return float(count(onnx.shape_inference.infer_shapes(model)).flops)
+
+
+def test_layer_shapes_are_the_widths_the_search_chooses_and_run(analysis):
+    plans, layers = plan_layers(analysis, round_to=8)
+    widths = {g.width for g in analysis.prunable_groups}
+    assert len(plans) == 4 and len({x.key() for x in layers}) == len(layers)  # 3 convs and the Gemm, deduplicated
+    for plan, grids, cells in plans:
+        for form, grid in zip(plan.forms, grids):
+            if form.n in widths:  # a conv's channels: multiples of 8 up to the width
+                assert grid == list(range(8, form.n + 1, 8)), grid
+        assert len(cells) == int(np.prod([len(g) for g in grids]))
+    for layer in layers[:3]:  # a layer alone is a valid model onnxruntime runs
+        sess = ort.InferenceSession(layer.onnx_model().SerializeToString(), providers=["CPUExecutionProvider"])
+        feed = {i.name: np.zeros(s, np.float32) for i, s in zip(sess.get_inputs(), layer.shapes)}
+        assert sess.run(None, feed)[0].size > 0
+
+
+def test_the_latency_model_recovers_a_synthetic_engine(analysis):
+    # An engine where a layer costs 1 ns per MAC alone and a model 0.5 ns per MAC plus 0.2 ms: the
+    # fit must find a = 0.5, b = 0.2, and (MACs being bilinear in the widths) predict exactly.
+    lm = build_latency_model(analysis, lambda layers: [_macs(x.onnx_model()) * 1e-6 for x in layers],
+                             lambda models: [0.5e-6 * _macs(m) + 0.2 for m in models], log=lambda m: None)
+    assert lm.scale == pytest.approx(0.5, rel=1e-6) and lm.fixed_ms == pytest.approx(0.2, rel=1e-6)
+    cost = cost_model(analysis, "latency", 1, lm)
+    assert cost.total("latency") == pytest.approx(0.5e-6 * cost.flops_total + 0.2)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        rates = rng.uniform(0, 0.9, cost.size)
+        assert cost.measure(rates, "latency") == pytest.approx(0.5e-6 * cost.flops(rates) + 0.2, rel=1e-9)
+    # the search's rescaling meets a latency goal, and the most it can reach accounts for the fixed cost
+    goal = cost.total("latency") / 1.3
+    guidance = Guidance(analysis, cost, SearchConfig())
+    for rates in [rng.uniform(0.1, 0.9, cost.size) for _ in range(3)]:
+        assert cost.measure(guidance.rescale(rates, goal, "latency"), "latency") <= goal
+    reach = max_reduction(analysis, "latency", SearchConfig(), lm)
+    assert reach < cost.total("latency") / 0.2
+
+
+def test_onnxruntime_layer_times_are_cached_and_reused(analysis, tmp_path):
+    _, layers = plan_layers(analysis, round_to=8)
+    lines: list[str] = []
+    first = layer_latency.OrtTimer(cache_dir=tmp_path, rounds=2, min_repeat_ms=2, log=lines.append)
+    times = first.time_layers(layers[:6])
+    assert all(t > 0 for t in times) and len(lines) == 1 and "timed 6 layer shapes" in lines[0]
+    assert len(json.loads(first.cache.path.read_text())) == 6
+    again = layer_latency.OrtTimer(cache_dir=tmp_path, log=lines.append)
+    assert again.time_layers(layers[:6]) == times and len(lines) == 1  # nothing timed again
+
+
+def test_tvm_layer_table_on_the_host_predicts_the_model(analysis, tmp_path):
+    timer = layer_latency.TvmTimer(targets.resolve("host"), cache_dir=tmp_path, rounds=3, min_repeat_ms=5,
+                                   log=lambda m: None)
+    lm = build_latency_model(analysis, timer.time_layers, timer.time_models, round_to=8, how=timer.describe(),
+                             log=lambda m: None)
+    full = np.ones(len(analysis.prunable_groups))
+    assert lm.measured_ms > 0 and lm.how["engine"] == "tvm" and lm.how["target"] == "host"
+    assert len(lm.nodes) == 4 and all(np.all(np.asarray(n.table) > 0) for n in lm.nodes)
+    assert lm.predict(full * 0.25) < lm.predict(full)
+    assert 0.5 < lm.predict(full) / lm.measured_ms < 2.0
+
+
+def test_compile_reaches_a_latency_goal_on_onnxruntime(tiny, tmp_path, capsys):  # noqa: F811
+    # A tiny CNN on onnxruntime is mostly per-op overhead: 1.4-1.5x is the most it can gain.
+    out = tmp_path / "c"
+    code = main(["compile", str(tiny), "--rate", "1.2x", "--metric", "latency", "--target", "onnxruntime",
+                 "--data", str(DEMO_DIR), "-o", str(out), *FAST_COMPILE])
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    lat = report["latency"]
+    assert lat["engine"] == "onnxruntime" and lat["before_ms"] > 0 and lat["after_ms"] > 0 and lat["speedup"] > 0
+    assert lat["goal_ms"] == pytest.approx(lat["table_ms"] / 1.2)
+    assert lat["predicted_ms"] <= lat["goal_ms"] * 1.0001
+    assert lat["table"]["round_to"] == 8 and lat["table"]["layers"] == 4
+    for w in report["widths"]:  # the table's widths: multiples of 8 (or whole)
+        assert w["after"] is None or w["after"] == w["before"] or w["after"] % 8 == 0, w
+    assert "latency ms (onnxruntime)" in printed and "latency goal" in printed
+    assert not (out / "model.so").exists()  # onnxruntime: no TVM library
+
+
+def test_prune_reports_latency_on_onnxruntime(tiny, tmp_path):  # noqa: F811
+    report = tmp_path / "r.json"
+    code = main(["prune", str(tiny), "--data", str(DEMO), "-o", str(tmp_path / "p.onnx"), "--uniform", "0.5",
+                 "--epochs", "0", "--finetune-epochs", "1", "--limit", "64", "--no-progress", "--target", "onnxruntime",
+                 "--report", str(report)])
+    assert code == 0
+    lat = json.loads(report.read_text())["latency"]
+    assert lat["engine"] == "onnxruntime" and lat["before_ms"] > 0 and lat["after_ms"] > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--metric", "latency"], "--metric latency needs --target"),
+    (["--target", "onnxruntime", "--rpc", "127.0.0.1:9"], "--target onnxruntime runs on this machine"),
+    (["--metric", "latency", "--target", "arm64"], "measured on the device: give --rpc"),
+    (["--target", "host", "--key", "k"], "--key names a device behind a --tracker"),
+    (["--metric", "latency", "--target", "host", "--tracker", "127.0.0.1:1", "--key", "k"], "cannot reach RPC tracker"),
+])
+def test_bad_latency_options_are_one_line_errors(tiny, tmp_path, capsys, extra, message):  # noqa: F811
+    out = tmp_path / "o"
+    code = main(["compile", str(tiny), "--rate", "2x", "--data", str(DEMO_DIR), "-o", str(out), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_a_missing_cross_compiler_names_its_package(tiny, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from acc.backends import toolchain
+
+    monkeypatch.setattr(toolchain.shutil, "which", lambda name: None)
+    out = tmp_path / "o"
+    code = main(["compile", str(tiny), "--rate", "2x", "--data", str(DEMO_DIR), "-o", str(out), "--metric", "latency",
+                 "--target", "arm64", "--rpc", "127.0.0.1:9", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "apt-get install g++-aarch64-linux-gnu" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_busy_device_is_a_one_line_error_after_a_bounded_wait(tiny, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("ACC_RPC_WAIT", "3")
+    with rpc.start_tracker() as tracker, rpc.start_server(tracker=("127.0.0.1", tracker.port), key="busy"):
+        held = rpc.connect(tracker=tracker.address, key="busy")  # someone else's session holds the only device
+        out = tmp_path / "o"
+        code = main(["compile", str(tiny), "--rate", "2x", "--data", str(DEMO_DIR), "-o", str(out), "--metric",
+                     "latency", "--target", "host", "--tracker", tracker.address, "--key", "busy", "--no-progress"])
+        del held
+    err = capsys.readouterr().err
+    assert code == 2 and "no free device with key 'busy'" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
