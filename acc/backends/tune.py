@@ -3,7 +3,8 @@
 Untuned CPU convs are naive loops; MetaSchedule schedules each fused task. The JSON database
 lives in one folder per target (a schedule tuned for one CPU is no answer for another), and
 tasks that already have records there are not tuned again: a second model sharing conv shapes
-with the first only pays for its new workloads.
+with the first only pays for its new workloads, and a new workload that is a tuned one at other
+widths (a pruned conv) starts from its schedule (acc.backends.tune_transfer).
 """
 
 from __future__ import annotations
@@ -58,16 +59,20 @@ def _worker_init(stub_tensor_intrin: bool, cc: str | None) -> None:
         tvm.register_global_func(EXPORT_FUNC, export_cross, override=True)
 
 
+def plain_llvm(target) -> bool:
+    """A CPU target whose schedules use no tensor intrinsics (plain fp32 llvm)."""
+    return target.kind.name == "llvm" and not any(
+        str(a).startswith(("+sve", "+sme", "+i8mm", "+avx512vnni", "+amx")) for a in target.attrs.get("mattr", [])
+    )
+
+
 def make_builder(spec: TargetSpec, cc: str | None, max_workers: int | None = None):
     from tvm.s_tir import meta_schedule as ms
 
-    target = spec.tvm_target()
-    plain_llvm = target.kind.name == "llvm" and not any(
-        str(a).startswith(("+sve", "+sme", "+i8mm", "+avx512vnni", "+amx")) for a in target.attrs.get("mattr", [])
-    )
-    init = functools.partial(_worker_init, plain_llvm, cc)
+    plain = plain_llvm(spec.tvm_target())
+    init = functools.partial(_worker_init, plain, cc)
     return ms.builder.LocalBuilder(
-        max_workers=max_workers, timeout_sec=30.0 if plain_llvm else 120.0,
+        max_workers=max_workers, timeout_sec=30.0 if plain else 120.0,
         initializer=init, f_export=EXPORT_FUNC if cc else None,
     )
 
@@ -98,11 +103,12 @@ class TuneReport:
     trials_per_task: int
     trials_global: int
     task_names: list[str] = field(default_factory=list)
+    transferred: int = 0  # tasks seeded with a schedule tuned for another width
 
     def summary(self) -> dict:
         return {
-            "db": str(self.db_dir), "tasks": self.tasks, "reused": self.reused, "tuned": self.tuned,
-            "trials_per_task": self.trials_per_task, "trials_global": self.trials_global,
+            "db": str(self.db_dir), "tasks": self.tasks, "reused": self.reused, "transferred": self.transferred,
+            "tuned": self.tuned, "trials_per_task": self.trials_per_task, "trials_global": self.trials_global,
         }
 
 
@@ -115,9 +121,15 @@ def tune(
     tracker: str | None = None,
     key: str | None = None,
     seed: int = 0,
+    transfer: bool = True,
     log=print,
 ) -> TuneReport:
-    """Tune the tasks of `mod` that the database has no record of; return the database."""
+    """Tune the tasks of `mod` that the database has no record of; return the database.
+
+    With `transfer`, such a task that is a tuned workload at other widths is first given that
+    workload's schedule, refitted and measured: with no trials it is built with it, with trials
+    the search starts from it.
+    """
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
@@ -141,8 +153,21 @@ def tune(
     todo = [t for t in tasks if not _has_record(database, t, target)]
     reused = len(tasks) - len(todo)
     trials_global = trials_per_task * len(todo)
-    log(f"tuning: {len(tasks)} tasks, {reused} already in {folder}, {len(todo)} to tune "
-        f"x {trials_per_task} trials")
+    builder = runner = None
+    seeded: list[str] = []
+    if todo and (transfer or trials_per_task > 0):
+        builder, runner = make_builder(spec, cc), make_runner(tracker, key)
+    if todo and transfer:
+        from acc.backends import tune_transfer
+
+        try:
+            seeded = tune_transfer.seed(todo, database, target, builder, runner, tensor_intrin=not plain_llvm(target))
+        except Exception:  # noqa: BLE001 - a failed transfer only means: tune as before
+            seeded = []
+    rest = (f"{len(todo)} to tune x {trials_per_task} trials" if trials_per_task > 0
+            else f"{len(todo) - len(seeded)} left untuned (no trials)")
+    log(f"tuning: {len(tasks)} tasks, {reused} already in {folder}, {len(seeded)} seeded from tuned "
+        f"neighbours, {rest}")
     if todo and trials_per_task > 0:
         with tempfile.TemporaryDirectory(prefix="acc-tune-") as work_dir:
             contexts, weights = extracted_tasks_to_tune_contexts(todo, work_dir, seed=seed)
@@ -153,12 +178,12 @@ def tune(
                 max_trials_global=trials_global,
                 max_trials_per_task=trials_per_task,
                 num_trials_per_iter=min(64, trials_per_task),
-                builder=make_builder(spec, cc),
-                runner=make_runner(tracker, key),
+                builder=builder,
+                runner=runner,
                 database=database,
             )
     return TuneReport(database, folder, len(tasks), reused, len(todo) if trials_per_task else 0, trials_per_task,
-                      trials_global, [t.task_name for t in tasks])
+                      trials_global, [t.task_name for t in tasks], len(seeded))
 
 
 def _fused(mod, target):
