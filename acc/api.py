@@ -247,6 +247,7 @@ def compile(  # noqa: A001 - the verb users know
     test_limit: int | None = None,
     target: str | None = None,
     tune_trials: int = 0,
+    tune_db: str | os.PathLike | None = None,
     labels: bool | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -326,6 +327,7 @@ def compile(  # noqa: A001 - the verb users know
                              candidate_gpus=0.0 if candidate_gpus is None else candidate_gpus,
                              input_shapes=input_shapes, layout=layout, purify=purify, purify_tolerance=purify_tolerance,
                              round_to=round_to, admm=admm, rpc=rpc, tracker=tracker, key=key,
+                             tune_db=str(tune_db) if tune_db else None,
                              latency_cache=str(latency_cache) if latency_cache else None, latency_check=latency_check,
                              **recipe)
     return compile_model(model, data, output, options, log=log)

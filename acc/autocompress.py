@@ -76,6 +76,7 @@ class CompileOptions:
     search: SearchConfig = field(default_factory=SearchConfig)
     target: str | None = None  # TVM target for the library (and --metric latency), or "onnxruntime"
     tune_trials: int = 0
+    tune_db: str | None = None  # MetaSchedule database root (None: ~/.cache/acc/tune, used only with tune_trials)
     rpc: str | None = None  # the device of --target: an RPC server, or a tracker and key
     tracker: str | None = None
     key: str | None = None
@@ -111,7 +112,7 @@ class CompileResult:
 def _fingerprint(model_path, data, options: CompileOptions) -> dict:
     o = asdict(options)
     volatile = ["resume", "progress", "tune_trials", "workers", "ray", "candidates", "candidate_cpus", "candidate_gpus",
-                "rpc", "tracker", "key", "latency_cache", "latency_check"]
+                "rpc", "tracker", "key", "latency_cache", "latency_check", "tune_db"]
     if options.metric != "latency":  # the target is what the latency metric counts; else only the build's
         volatile.append("target")
     for name in volatile:
@@ -168,7 +169,7 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
     check_round_to(analysis, options.round_to)
     options = replace(options, search=replace(options.search, round_to=options.round_to))
     device = latency_device.check(options.target, options.rpc, options.tracker, options.key, options.metric,
-                                  options.tune_trials)
+                                  options.tune_trials, options.tune_db)
     if not Path(data).exists():
         raise InputError(f"dataset not found: {data}")
     # Every rank of a multi-process run trains each round; rank 0 alone searches, writes and reports.
@@ -177,6 +178,7 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
         log = _silent
     latency_for = None
     if options.metric == "latency" and world.is_main:
+        latency_device.tune_original(model_path, device, options.input_shapes, log)
         timer = latency_device.open_timer(device, options.latency_cache, log)
         resources.callback(lambda: setattr(timer, "session", None))  # the device is free for others after the run
         latency_for = _latency_models(timer, options.round_to, log)
@@ -247,8 +249,8 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
     if options.target and options.target != latency_device.ONNXRUNTIME:
         from acc.backends.compile import build
 
-        built = build(final_path, options.target, out_dir / "model.so", tune_trials=options.tune_trials, log=log,
-                      input_shapes=options.input_shapes)  # the shape the run worked at, where the model's dims are free
+        built = build(final_path, options.target, out_dir / "model.so", tune_trials=options.tune_trials,
+                      tune_db=options.tune_db, log=log, input_shapes=options.input_shapes)  # the shape the run worked at, where the model's dims are free
         library = built.library
         report["library"] = {"path": str(library), "metadata": str(built.metadata), "target": built.target,
                              "seconds": built.seconds}

@@ -51,3 +51,22 @@ def test_a_pruned_conv_is_built_with_the_schedule_of_the_tuned_width(tmp_path):
     runner.set_inputs([x])
     sess = ort.InferenceSession(str(narrow), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(runner.outputs()[0], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def test_latency_table_layers_get_the_tuned_schedules(tmp_path):
+    """--metric latency with a tuning database: a layer shape at a pruned width is timed with the
+    schedule of the tuned width, not the untuned default."""
+    from acc.backends import layer_latency, targets
+    from acc.prune.latency_cost import LayerShape
+
+    db = tmp_path / "db"
+    wide = export(conv(8, 8), tmp_path / "wide.onnx", shape=(1, 8, 16, 16))
+    compile_mod.build(wide, "host", tmp_path / "wide.so", tune_trials=4, tune_db=db, log=lambda m: None)
+    layer = LayerShape("Conv", ((1, 8, 16, 16), (6, 8, 3, 3)), (("kernel_shape", (3, 3)), ("pads", (1, 1, 1, 1))))
+    tuned = layer_latency.TvmTimer(targets.resolve("host"), tune_root=db, cache_dir=tmp_path / "c", rounds=3,
+                                   min_repeat_ms=5, log=lambda m: None)
+    plain = layer_latency.TvmTimer(targets.resolve("host"), cache_dir=tmp_path / "c", rounds=3, min_repeat_ms=5,
+                                   log=lambda m: None)
+    (tuned_ms,), (plain_ms,) = tuned.time_layers([layer]), plain.time_layers([layer])
+    assert tuned.seeded == 1 and tuned.cache.path != plain.cache.path
+    assert tuned_ms > 0 and plain_ms > 0

@@ -39,7 +39,7 @@ class LatencyDevice:
 
 
 def check(target: str | None, rpc: str | None, tracker: str | None, key: str | None, metric: str = "params",
-          tune_trials: int = 0) -> LatencyDevice | None:
+          tune_trials: int = 0, tune_db: str | None = None) -> LatencyDevice | None:
     """The device the options name (None: no target), or a one-line error for contradictory options."""
     from acc.backends import rpc as rpc_mod
 
@@ -63,8 +63,8 @@ def check(target: str | None, rpc: str | None, tracker: str | None, key: str | N
     if target == ONNXRUNTIME:
         if rpc or tracker:
             raise InputError("--target onnxruntime runs on this machine: drop --rpc/--tracker")
-        if tune_trials:
-            raise InputError("--tune-trials tunes a TVM build: it does not apply to --target onnxruntime")
+        if tune_trials or tune_db:
+            raise InputError("--tune-trials/--tune-db tune a TVM build: they do not apply to --target onnxruntime")
         return LatencyDevice(target)
     from acc.backends import targets, toolchain
 
@@ -73,7 +73,9 @@ def check(target: str | None, rpc: str | None, tracker: str | None, key: str | N
     if metric == "latency" and not spec.is_host and not (rpc or tracker):
         raise InputError(f"--metric latency on target {target!r} is measured on the device: give --rpc HOST:PORT "
                          "or --tracker HOST:PORT --key KEY")
-    return LatencyDevice(target, rpc, tracker, key, tune_trials)
+    if tune_trials < 0:
+        raise InputError("--tune-trials must be >= 0")
+    return LatencyDevice(target, rpc, tracker, key, tune_trials, tune_db)
 
 
 def open_timer(device: LatencyDevice, cache_dir=None, log=print):
@@ -87,19 +89,28 @@ def open_timer(device: LatencyDevice, cache_dir=None, log=print):
 
     spec = targets.resolve(device.target)
     session = rpc_mod.connect(device.rpc, device.tracker, device.key) if device.remote else None
-    database = None
-    if device.tune_trials or device.tune_db:
-        # Layers are timed with the schedules the shared database holds for them (none: default ones).
-        from tvm.s_tir import meta_schedule as ms
+    from acc.backends.tune import default_db_root
 
-        from acc.backends.tune import db_dir
-
-        folder = db_dir(device.tune_db, spec)
-        if folder.is_dir():
-            database = ms.database.JSONDatabase(work_dir=str(folder))
+    tuned = bool(device.tune_trials or device.tune_db)
     return layer_latency.TvmTimer(spec, session=session, device=device.describe(), cc=toolchain.resolve_cc(spec),
-                                  database=database, cache_dir=cache_dir, log=log,
+                                  tune_root=(device.tune_db or default_db_root()) if tuned else None,
+                                  tracker=device.tracker, key=device.key, cache_dir=cache_dir, log=log,
                                   rounds=3 if device.remote else 5, min_repeat_ms=0 if device.remote else 20)
+
+
+def tune_original(model, device: LatencyDevice, input_shapes=None, log=print) -> None:
+    """Tune the original's tasks once (--tune-trials) before its latency table is timed: the table's
+    layers then get those schedules at their widths, and the result's build starts from them."""
+    import tempfile
+    from pathlib import Path
+
+    from acc.backends.compile import build
+
+    if device.engine != "tvm" or not device.tune_trials:
+        return
+    with tempfile.TemporaryDirectory(prefix="acc-tune-original-") as tmp:
+        build(model, device.target, Path(tmp) / "original.so", tune_trials=device.tune_trials, tune_db=device.tune_db,
+              tracker=device.tracker, key=device.key, input_shapes=input_shapes, log=log)
 
 
 def measure(original, result, device: LatencyDevice | None, repeat: int = 15, min_repeat_ms: float = 25.0,
@@ -120,7 +131,7 @@ def measure(original, result, device: LatencyDevice | None, repeat: int = 15, mi
                     min_repeat_ms=None if device.remote else min_repeat_ms, **build_opts)
         a, b = res.models
         out = {"engine": "tvm", "target": device.target, "device": device.describe(),
-               "tuned": bool(device.tune_trials), "before_ms": a.tvm.median_ms, "after_ms": b.tvm.median_ms,
+               "tuned": bool(device.tune_trials or device.tune_db), "tune_trials": device.tune_trials, "before_ms": a.tvm.median_ms, "after_ms": b.tvm.median_ms,
                "speedup": res.tvm_speedup, "rounds": repeat}
         if a.onnxruntime is not None:
             out["onnxruntime"] = _side(a.onnxruntime, b.onnxruntime, res.onnxruntime_speedup)

@@ -181,8 +181,15 @@ class TvmTimer(LayerTimer):
 
     engine = "tvm"
 
-    def __init__(self, spec, session=None, device: str = "host", cc: str | None = None, database=None, **kwargs):
-        self.spec, self.session, self.device, self.cc, self.database = spec, session, device, cc, database
+    def __init__(self, spec, session=None, device: str = "host", cc: str | None = None, tune_root=None,
+                 tracker: str | None = None, key: str | None = None, **kwargs):
+        """`tune_root`: a MetaSchedule database root; layers are then timed with the schedules it
+        holds for the same ops at other widths (acc.backends.tune_transfer), measured here, or on
+        the device behind `tracker`/`key`."""
+        self.spec, self.session, self.device, self.cc = spec, session, device, cc
+        self.tune_root, self.tracker, self.key = tune_root, tracker, key
+        self.database = None
+        self.seeded = 0  # layers and models given a transferred schedule
         super().__init__(**kwargs)
 
     def context(self) -> str:
@@ -190,11 +197,11 @@ class TvmTimer(LayerTimer):
 
         name = db_dir(self.cache_root, self.spec).name
         device = hashlib.sha256(self.device.encode()).hexdigest()[:8]
-        return f"tvm-{name}-{device}" + ("-tuned" if self.database is not None else "")
+        return f"tvm-{name}-{device}" + ("-tuned" if self.tune_root is not None else "")
 
     def describe(self) -> dict:
         return {**super().describe(), "target": self.spec.name, "device": self.device,
-                "tuned": self.database is not None}
+                "tuned": self.tune_root is not None}
 
     def _load(self, mod):
         """Compile `mod`, and load it here or on the device (the library file is gone once loaded)."""
@@ -214,6 +221,18 @@ class TvmTimer(LayerTimer):
             self.session.upload(str(path), target=name)
             dev = self.session.cpu(0)
             return relax.VirtualMachine(self.session.load_module(name), dev), dev
+
+    def _seed(self, mod) -> None:
+        """Give the layers the database's schedules of the same ops at tuned widths (no search)."""
+        from acc.backends.tune import tune
+
+        remote_without_tracker = self.session is not None and not self.tracker
+        if remote_without_tracker:  # MetaSchedule measures on a device through a tracker only
+            return
+        report = tune(mod, self.spec, 0, db_root=self.tune_root, cc=self.cc, tracker=self.tracker, key=self.key,
+                      log=lambda *a, **k: None)
+        self.database = report.database
+        self.seeded += report.transferred
 
     def _time(self, vm, dev, fname: str, arrays) -> float:
         import tvm
@@ -241,6 +260,8 @@ class TvmTimer(LayerTimer):
                     mod = prepare(import_onnx(model, infos))
                 combined[f"layer{i}"] = mod["main"].with_attr("global_symbol", f"layer{i}")
             try:
+                if self.tune_root is not None:
+                    self._seed(combined)
                 vm, dev = self._load(combined)
                 out += [self._time(vm, dev, f"layer{i}", _random_inputs(layer.shapes)) for i, layer in enumerate(chunk)]
             except Exception as err:  # noqa: BLE001 - TVM/RPC raise TVMError with multi-line text
@@ -257,7 +278,10 @@ class TvmTimer(LayerTimer):
             runs = []
             for model in models:
                 infos = graph_inputs(model, {})
-                vm, dev = self._load(prepare(import_onnx(model, infos)))
+                mod = prepare(import_onnx(model, infos))
+                if self.tune_root is not None:
+                    self._seed(mod)
+                vm, dev = self._load(mod)
                 args = [tvm.runtime.tensor(a, dev) for a in _random_inputs([i.shape for i in infos])]
                 vm["main"](*args)
                 runs.append((vm.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=int(

@@ -48,7 +48,7 @@ class Signature:
 
     @classmethod
     def of(cls, mod) -> Signature:
-        text = mod.script()
+        text = _positional_params(mod.script())
         attrs, extents = [], []
         for line in text.splitlines():
             stripped = line.strip()
@@ -63,6 +63,15 @@ class Signature:
         if self.family != other.family or len(self.extents) != len(other.extents):
             return math.inf
         return sum(abs(math.log(max(a, 1) / max(b, 1))) for a, b in zip(self.extents, other.extents))
+
+
+def _positional_params(text: str) -> str:
+    """The script with the PrimFunc's buffer parameters renamed by position: the same conv imported
+    from a model (weights named after initializers) and alone (weights as inputs) is one op."""
+    head = next((line for line in text.splitlines() if line.strip().startswith("def ")), "")
+    for i, name in enumerate(re.findall(r"(\w+): T\.Buffer", head)):
+        text = re.sub(rf"\b{re.escape(name)}\b", f"acc_param_{i}", text)
+    return text
 
 
 def refit_tile(factors: list[int], extent: int) -> list[int]:

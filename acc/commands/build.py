@@ -55,6 +55,6 @@ def run(args) -> int:
           f"{result.seconds:.1f} s)")
     if result.tuning:
         t = result.tuning
-        print(f"tuning: {t['tasks']} tasks, {t['reused']} from the database, {t['tuned']} tuned "
-              f"x {t['trials_per_task']} trials; database {t['db']}")
+        print(f"tuning: {t['tasks']} tasks, {t['reused']} from the database, {t.get('transferred', 0)} seeded from "
+              f"the same op at a tuned width, {t['tuned']} tuned x {t['trials_per_task']} trials; database {t['db']}")
     return 0

@@ -47,7 +47,12 @@ def register(sub) -> None:
     p.add_argument("--target", default=None,
                    help="also build a TVM library for this target (host, arm64, rpi4, pixel, ...) and time the result "
                    "against the original there; 'onnxruntime': the ONNX model on this machine's onnxruntime, no library")
-    p.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials per task for --target")
+    p.add_argument("--tune-trials", type=int, default=0,
+                   help="MetaSchedule trials per task for --target (the result is tuned once, at the end; its new "
+                   "tasks start from the schedules the database holds for the same ops at other widths)")
+    p.add_argument("--tune-db", default=None, metavar="DIR",
+                   help="MetaSchedule database root (default ~/.cache/acc/tune); given with no --tune-trials, the "
+                   "result's tasks still get the schedules tuned for the original (acc build --tune-trials N)")
     add_device(p)
     sup = p.add_mutually_exclusive_group()
     sup.add_argument("--labels", dest="labels", action="store_true", default=None, help="train on labels (default when present)")
@@ -84,7 +89,7 @@ def run(args) -> int:
         ray=args.ray, candidates=args.candidates, candidate_cpus=args.candidate_cpus, candidate_gpus=args.candidate_gpus,
         input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
         distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm,
-        rpc=args.rpc, tracker=args.tracker, key=args.key,
+        rpc=args.rpc, tracker=args.tracker, key=args.key, tune_db=args.tune_db,
     )
     if not result.report:  # a rank other than 0: rank 0 reports
         return 0
