@@ -361,6 +361,8 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
     started = time.time()
     candidates = options.candidates or (cluster.capacity if cluster is not None else options.search.candidates)
     search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k, "candidates": candidates})
+    if options.metric == "latency" and search_cfg.order_by == "params":  # the experience rule follows the target
+        search_cfg = replace(search_cfg, order_by="latency")
     if options.strategy == "uniform":
         rates = Guidance(analysis, cost, search_cfg).uniform(goal, options.metric)
         return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg),

@@ -16,6 +16,7 @@ speed-up; the table gives mean and standard deviation over seeds.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -29,8 +30,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import record  # noqa: E402
 
-from acc import api  # noqa: E402
+from acc.autocompress import CompileOptions, compile_model  # noqa: E402
 from acc.format import table  # noqa: E402
+from acc.prune.search import SearchConfig  # noqa: E402
 
 QUESTION = ("At the same measured latency (speed-up over the original, timed interleaved on the engine), is "
             "acc compile --metric latency at least as accurate as --metric flops (both with widths multiples of 8), "
@@ -38,11 +40,15 @@ QUESTION = ("At the same measured latency (speed-up over the original, timed int
 
 
 def run(model, data, metric, rate, seed, args, work) -> dict:
+    """One acc compile (as `acc compile` runs it; SearchConfig to choose the latency run's experience rule)."""
     started = time.time()
     out = work / f"{metric}_{rate:g}x_s{seed}"
-    result = api.compile(model, f"{rate}x", data, out, metric=metric, rounds=1, budget_epochs=args.epochs,
-                         limit=args.limit, test_limit=args.test_limit, seed=seed, progress=False, round_to=8,
-                         target=args.target, search_steps=args.search_steps, log=lambda *a, **k: None)
+    search = SearchConfig(cooling=math.exp(math.log(20 / 100) / args.search_steps),
+                          order_by=args.order_by if metric == "latency" else "params")
+    options = CompileOptions(rate=rate, metric=metric, rounds=1, budget_epochs=args.epochs, limit=args.limit,
+                             test_limit=args.test_limit, seed=seed, progress=False, round_to=8, target=args.target,
+                             search=search)
+    result = compile_model(model, data, out, options, log=lambda *a, **k: None)
     r = result.report
     lat = r["latency"]
     return {"metric": metric, "rate": rate, "seed": seed, "speedup": lat["speedup"], "before_ms": lat["before_ms"],
@@ -72,6 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--search-steps", type=int, default=4)
+    ap.add_argument("--order-by", default="latency", choices=["latency", "params", "flops"],
+                    help="the latency run's experience rule (acc's default with --metric latency: latency)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -101,9 +109,9 @@ def main(argv=None) -> int:
         ["--metric flops (interpolated)", "same", f"{flops_mean:.2f} ± {flops_std:.2f} %", len(paired)],
     ], {1, 2, 3})
     print(shown)
-    budget = {"epochs": args.epochs, "rounds": 1, "limit": args.limit, "test_limit": args.test_limit,
+    budget = {"epochs": args.epochs, "rounds": 1, "order_by": args.order_by, "limit": args.limit, "test_limit": args.test_limit,
               "search_steps": args.search_steps, "target": args.target, "rate": args.rate, "flops_rates": flops_rates}
-    path = record.write(f"latency_metric_{args.target}", QUESTION, rows, budget, args.out, table=shown,
+    path = record.write(f"latency_metric_{args.target}_{args.order_by}", QUESTION, rows, budget, args.out, table=shown,
                         summary=summary)
     print(f"wrote {path}")
     return 0

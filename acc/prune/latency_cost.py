@@ -117,6 +117,19 @@ class LatencyModel:
     def total(self) -> float:
         return self.measured_ms
 
+    def group_holdings(self, groups: int) -> np.ndarray:
+        """Milliseconds each group holds at full width: a layer's time split evenly over its forms,
+        and a form's share over the groups its positions follow."""
+        held = np.zeros(groups)
+        full = np.ones(groups)
+        for node in self.nodes:
+            if not node.forms:
+                continue
+            ms = node.predict(full) / len(node.forms)
+            for form in node.forms:
+                held += ms * form.per_group / form.n
+        return held
+
     def node_table(self) -> list[dict]:
         """Per node: its forms' sizes and the measured grid, for report.json."""
         return [{"node": n.node, "widths": [f.n for f in n.forms], "grid": [list(map(int, g)) for g in n.grid],

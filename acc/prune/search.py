@@ -74,7 +74,7 @@ class SearchConfig:
     finetune_batch: int = 64
     finetune_lr: float = 0.01
     confirm_seeds: int = 2  # re-score the winner and the start this many more times
-    order_by: str = "params"  # what the experience rule sorts groups by: params or flops (see Guidance)
+    order_by: str = "params"  # what the experience rule sorts groups by: params, flops or latency (see Guidance)
     candidates: int = 1  # proposals per move, scored as one batch (in parallel on Ray); the best is the move
     starts: tuple = ("uniform", "l1", "bn")  # start allocations scored; the lowest energy is the start
     round_to: int = 1  # kept channel counts are multiples of this (--round-to)
@@ -123,11 +123,20 @@ class Guidance:
         # rate. Ordering by FLOPs under a FLOPs target was measured at the demo budget (ResNet-20, 2x
         # FLOPs, 2 seeds, benchmarks/allocation_order.py): 71.05 +- 1.77 % against 72.50 +- 0.28 % by
         # parameters, a tie leaning to parameters, so parameters stay the default for every metric.
+        # With order_by="latency" (the latency metric's default) a group's holding is the measured
+        # milliseconds of the layers its channels feed or leave (acc.prune.latency_cost).
         by = config.order_by
-        if by not in ("params", "flops"):
-            raise ValueError(f"order_by must be params or flops, got {by!r}")
-        column = 1 if by == "flops" else 0
-        self.group_order = sorted(range(g), key=lambda i: (held[cost.names[i]][column], cost.names[i]))
+        if by not in ("params", "flops", "latency"):
+            raise ValueError(f"order_by must be params, flops or latency, got {by!r}")
+        if by == "latency" and cost.latency_model is None:
+            raise ValueError("order_by='latency' needs a cost model with a latency model")
+        if by == "latency":
+            ms = cost.latency_model.group_holdings(g)
+            holding = {name: ms[i] for i, name in enumerate(cost.names)}
+        else:
+            column = 1 if by == "flops" else 0
+            holding = {name: held[name][column] for name in cost.names}
+        self.group_order = sorted(range(g), key=lambda i: (holding[cost.names[i]], cost.names[i]))
         size = {n: analysis.index.array(init).size for n, init in cost.column_weights.items()}
         self.column_order = [g + i for i in sorted(range(len(cost.column_names)),
                                                    key=lambda i: (size[cost.column_names[i]], cost.column_names[i]))]
