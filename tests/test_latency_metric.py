@@ -167,3 +167,17 @@ def test_a_busy_device_is_a_one_line_error_after_a_bounded_wait(tiny, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and "no free device with key 'busy'" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_the_experience_rule_follows_the_layers_milliseconds(analysis):
+    # A synthetic engine where only the classifier costs anything: the group it reads holds the time.
+    lm = build_latency_model(analysis, lambda layers: [1.0 if x.op_type == "Gemm" else 1e-6 for x in layers],
+                             lambda models: [1.0 for _ in models], log=lambda m: None)
+    held = lm.group_holdings(len(analysis.prunable_groups))
+    full = np.ones(len(analysis.prunable_groups))
+    assert held.sum() == pytest.approx(sum(n.predict(full) for n in lm.nodes if n.forms))
+    cost = cost_model(analysis, "latency", 1, lm)
+    order = Guidance(analysis, cost, SearchConfig(order_by="latency")).group_order
+    assert held[order[-1]] == held.max() and held[order[0]] == held.min()
+    with pytest.raises(ValueError):
+        Guidance(analysis, cost_model(analysis, "flops"), SearchConfig(order_by="latency"))
