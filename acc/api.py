@@ -38,10 +38,12 @@ def shrink(
     calibration_images: int = 512,
     seed: int = 0,
     test_images: int | None = None,
+    round_to: int = 1,
     log=None,
 ) -> ShrinkResult:
     """Lossless purification (ratio=None) or one-shot pruning of `ratio` of every group
-    (`prune_embedding`: a transformer's residual stream too); or, with `rate` and `data`,
+    (`prune_embedding`: a transformer's residual stream too; `round_to` K: each group keeps a
+    multiple of K channels, acc.prune.cost.kept_channels); or, with `rate` and `data`,
     post-training compression to `rate`x fewer `metric` (searched rates, refit, BatchNorm
     re-estimation from `calibration_images` images; acc.prune.posttrain).
 
@@ -60,7 +62,7 @@ def shrink(
                                   test_images=test_images, input_shapes=input_shapes, log=log)
     else:
         result = _shrink(model, ratio=ratio, criterion=criterion, input_shapes=input_shapes,
-                         prune_embedding=prune_embedding)
+                         prune_embedding=prune_embedding, round_to=round_to)
     result.model = _keep_free_dims(model, result)
     if output is not None:
         atomic.write_bytes(output, result.model.SerializeToString())

@@ -69,7 +69,7 @@ def run(args) -> int:
         from acc.autocompress import parse_rate
 
         rate = parse_rate(args.rate)
-    result = shrink_rounded(args) if args.round_to != 1 else api.shrink(
+    result = api.shrink(
         args.model,
         output=args.output,
         ratio=args.ratio,
@@ -83,31 +83,9 @@ def run(args) -> int:
         calibration_images=args.calibration_images,
         seed=args.seed,
         test_images=args.test_images,
+        round_to=args.round_to,
         log=print if rate is not None else None,  # minutes of work: say what it is doing
     )
     print_summary(result)
     print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
     return 0
-
-
-def shrink_rounded(args):
-    """--ratio with --round-to: api.shrink's ratio path, the plan keeping multiples of K channels
-    (api.shrink has no round_to parameter yet; this is its ratio path with one)."""
-    import json
-
-    from acc import atomic
-    from acc.api import _keep_free_dims
-    from acc.passes.shrink import shrink
-    from acc.prune.posttrain.request import check_request
-
-    check_request(args.ratio, args.rate, args.data)
-    for path in (args.output, args.report):
-        if path is not None:
-            atomic.check_output_path(path)
-    result = shrink(args.model, ratio=args.ratio, criterion=args.criterion, input_shapes=parse_input_shapes(args.input_shape),
-                    prune_embedding=args.prune_embedding, round_to=args.round_to)
-    result.model = _keep_free_dims(args.model, result)
-    atomic.write_bytes(args.output, result.model.SerializeToString())
-    if args.report is not None:
-        atomic.write_text(args.report, json.dumps(result.report(), indent=2))
-    return result
