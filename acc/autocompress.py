@@ -25,7 +25,7 @@ import onnx
 
 from acc import atomic
 from acc.backends import latency_device
-from acc.errors import InputError
+from acc.errors import AccError, InputError
 from acc.passes.analysis import analyze
 from acc.passes.counting import count
 from acc.passes.importer import normalize
@@ -242,9 +242,13 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
     if latency_for is not None:
         timer.session = None  # measuring below opens its own session to the device
     if options.latency_check or device is not None:
-        report["latency"] = {**latency_device.measure(model_path, final_path, device,
-                                                      latency_target=options.metric == "latency", log=log),
-                             **_latency_prediction(rounds, options, total)}
+        try:
+            measured = latency_device.measure(model_path, final_path, device, latency_target=options.metric == "latency",
+                                              log=log)
+        except AccError as err:  # hours of training are not lost to a timing failure: the report says it
+            log(f"warning: the latency measurement failed: {err}")
+            measured = {"error": str(err)}
+        report["latency"] = {**measured, **_latency_prediction(rounds, options, total)}
     library = None
     if options.target and options.target != latency_device.ONNXRUNTIME:
         from acc.backends.compile import build

@@ -32,7 +32,7 @@ def summary_rows(report: dict) -> list[list[str]]:
 
 def latency_rows(latency: dict | None) -> list[list[str]]:
     """Measured milliseconds, original and result side by side, per engine (report's `latency`)."""
-    if not latency:
+    if not latency or "before_ms" not in latency:
         return []
     rows = []
     where = "" if latency.get("device") in (None, "host") else f", {latency['device']}"
@@ -47,7 +47,7 @@ def latency_rows(latency: dict | None) -> list[list[str]]:
 
 def latency_line(latency: dict | None) -> str | None:
     """The latency goal, prediction and measurement (metric latency)."""
-    if not latency or latency.get("goal_ms") is None:
+    if not latency or latency.get("goal_ms") is None or "after_ms" not in latency:
         return None
     return (f"latency goal {latency['goal_ms']:.3f} ms, predicted {latency['predicted_ms']:.3f} ms, measured "
             f"{latency['after_ms']:.3f} ms ({latency['engine']}, {latency['device']})")
