@@ -98,24 +98,26 @@ def test_tvm_layer_table_on_the_host_predicts_the_model(analysis, tmp_path):
     assert 0.5 < lm.predict(full) / lm.measured_ms < 2.0
 
 
-def test_compile_reaches_a_latency_goal_on_onnxruntime(tiny, tmp_path, capsys):  # noqa: F811
-    # A tiny CNN on onnxruntime is mostly per-op overhead: 1.4-1.5x is the most it can gain (less on a busy machine).
+def test_compile_reaches_a_latency_goal_on_the_host(tiny, tmp_path, capsys):  # noqa: F811
+    # Untuned TVM on the host: compute dominates even a tiny CNN (on onnxruntime it is per-op
+    # overhead, and a busy machine can leave nothing measurable to gain).
     out = tmp_path / "c"
-    code = main(["compile", str(tiny), "--rate", "1.15x", "--metric", "latency", "--target", "onnxruntime",
+    code = main(["compile", str(tiny), "--rate", "1.5x", "--metric", "latency", "--target", "host",
                  "--data", str(DEMO_DIR), "-o", str(out), *FAST_COMPILE])
     captured = capsys.readouterr()
     printed = captured.out
     assert code == 0, captured.err
     report = json.loads((out / "report.json").read_text())
     lat = report["latency"]
-    assert lat["engine"] == "onnxruntime" and lat["before_ms"] > 0 and lat["after_ms"] > 0 and lat["speedup"] > 0
-    assert lat["goal_ms"] == pytest.approx(lat["table_ms"] / 1.15)
+    assert lat["engine"] == "tvm" and lat["target"] == "host" and lat["before_ms"] > 0 and lat["after_ms"] > 0
+    assert lat["onnxruntime"]["before_ms"] > 0  # the host runs onnxruntime too: both are timed
+    assert lat["goal_ms"] == pytest.approx(lat["table_ms"] / 1.5)
     assert lat["predicted_ms"] <= lat["goal_ms"] * 1.0001
-    assert lat["table"]["round_to"] == 8 and lat["table"]["layers"] == 4
+    assert lat["table"]["round_to"] == 8 and lat["table"]["layers"] == 4 and lat["table"]["engine"] == "tvm"
     for w in report["widths"]:  # the table's widths: multiples of 8 (or whole)
         assert w["after"] is None or w["after"] == w["before"] or w["after"] % 8 == 0, w
-    assert "latency ms (onnxruntime)" in printed and "latency goal" in printed
-    assert not (out / "model.so").exists()  # onnxruntime: no TVM library
+    assert "latency ms (tvm host)" in printed and "latency goal" in printed
+    assert (out / "model.so").is_file()  # a TVM target: the library is built
 
 
 def test_prune_reports_latency_on_onnxruntime(tiny, tmp_path):  # noqa: F811
