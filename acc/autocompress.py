@@ -347,7 +347,8 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     if latency is not None:
         measured = {"latency_predicted_ms": cost.measure(rates, "latency"), "latency_table": {
             **latency.how, "layers": len(latency.nodes), "model_ms": latency.measured_ms, "half_ms": latency.half_ms,
-            "scale": latency.scale, "fixed_ms": latency.fixed_ms}}
+            "scale": latency.scale, "fixed_ms": latency.fixed_ms,
+            "nodes": latency.node_table()}}
     return {**measured,
         "round": k, "goal": goal, "metric": options.metric,
         "rates": {name: float(x) for name, x in zip(cost.names, group_rates)},

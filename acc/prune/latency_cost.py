@@ -155,14 +155,13 @@ class _NodePlan:
     reshape: bool  # False: timed at full width and scaled
 
 
-def _plan_node(analysis: Analysis, node: onnx.NodeProto, root_group: dict, groups: int) -> _NodePlan | None:
+def _plan_node(analysis: Analysis, node: onnx.NodeProto, root_group: dict, groups: int,
+               by_init: dict[str, list]) -> _NodePlan | None:
+    """What to time for `node`: its input shapes, and which of their axes follow which form."""
     index = analysis.index
     if not node.input or any(not name or index.shape(name) is None for name in node.input):
         return None  # an optional input left empty, or a shape inference could not give
     shapes = [index.shape(name) for name in node.input]
-    by_init: dict[str, list] = {}
-    for m in analysis.members:
-        by_init.setdefault(m.initializer, []).append(m)
     forms: list[_Form] = []
     keys: list[tuple] = []
     dims: list[dict] = []
@@ -242,11 +241,14 @@ def plan_layers(analysis: Analysis, round_to: int = 1) -> tuple[list, list[Layer
             root_group[root] = index_of[g.name]
     opset = _opset(analysis.model)
     macs = count(analysis.model, analysis.index).node_flops
+    by_init: dict[str, list] = {}  # initializer -> its members (the axes that follow groups)
+    for m in analysis.members:
+        by_init.setdefault(m.initializer, []).append(m)
     plans, wanted = [], {}
     for node in analysis.index.graph.node:
         if node.op_type not in TIMED_OPS or not macs.get(node.name):
             continue
-        plan = _plan_node(analysis, node, root_group, len(groups))
+        plan = _plan_node(analysis, node, root_group, len(groups), by_init)
         if plan is None:
             continue
         grids = [_grid(f, widths, round_to) for f in plan.forms] if plan.reshape else [[f.n] for f in plan.forms]
