@@ -239,29 +239,35 @@ def connect(
 
 
 def _request_within(host: str, port: int, key: str, session_timeout: float, wait: float):
-    """The tracker queues a request until a device is free: wait for it at most `wait` seconds."""
-    import threading
+    """The tracker queues a request until a device is free: wait for it at most `wait` seconds.
+
+    TVM's TrackerSession.request blocks for as long as that takes, and retries for a minute more
+    when the tracker goes away; this speaks the tracker's protocol on a socket with a timeout."""
+    import struct
 
     from tvm import rpc as tvm_rpc
+    from tvm.rpc import base
 
-    box: dict = {}
-
-    def request():
-        try:
-            box["session"] = tvm_rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout,
-                                                                          max_retry=2)
-        except Exception as err:  # noqa: BLE001 - reported below in one line
-            box["error"] = err
-
-    worker = threading.Thread(target=request, daemon=True)
-    worker.start()
-    worker.join(wait)
-    if worker.is_alive():
+    try:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
+                raise ToolchainError(f"{host}:{port} is not a TVM RPC tracker")
+            sock.settimeout(wait)
+            base.sendjson(sock, [base.TrackerCode.REQUEST, key, "", 1])
+            value = base.recvjson(sock)
+    except socket.timeout:
         raise ToolchainError(f"no free device with key {key!r} at tracker {host}:{port} within {wait:.0f} s "
-                             "(all are busy; set ACC_RPC_WAIT to wait longer)")
-    if "error" in box:
-        raise ToolchainError(f"tracker {host}:{port} gave no session for key {key!r}: {_one_line(box['error'])}")
-    return box["session"]
+                             "(all are busy; set ACC_RPC_WAIT to wait longer)") from None
+    except OSError as err:
+        raise ToolchainError(f"tracker {host}:{port} gave no session for key {key!r}: {_one_line(err)}") from None
+    if value[0] != base.TrackerCode.SUCCESS:
+        raise ToolchainError(f"tracker {host}:{port} refused the request for key {key!r}: {value}")
+    url, server_port, match_key = value[1]
+    try:
+        return tvm_rpc.connect(url, server_port, match_key, session_timeout)
+    except Exception as err:  # noqa: BLE001 - TVM raises bare RuntimeError/TVMError
+        raise ToolchainError(f"the device {key!r} at {url}:{server_port} refused the session: {_one_line(err)}") from None
 
 
 def _one_line(err: BaseException) -> str:
