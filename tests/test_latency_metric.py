@@ -183,3 +183,21 @@ def test_the_experience_rule_follows_the_layers_milliseconds(analysis):
     assert held[order[-1]] == held.max() and held[order[0]] == held.min()
     with pytest.raises(ValueError):
         Guidance(analysis, cost_model(analysis, "flops"), SearchConfig(order_by="latency"))
+
+
+def test_a_slower_result_is_warned_about(tmp_path):
+    """The report's check: a result slower than its original on the engine gets a warning that says
+    how to fix it (here the 'result' is the same CNN four times as wide: surely slower)."""
+    from acc.backends import latency_device
+
+    from backend_models import TinyCNN, export
+
+    small = export(TinyCNN(width=8), tmp_path / "small.onnx", shape=(1, 3, 32, 32))
+    wide = export(TinyCNN(width=64), tmp_path / "wide.onnx", shape=(1, 3, 32, 32))
+    lines: list[str] = []
+    slower = latency_device.measure(small, wide, None, repeat=5, log=lines.append)
+    assert slower["engine"] == "onnxruntime" and slower["speedup"] < 0.97
+    assert "slower than the original on onnxruntime" in slower["warning"] and "--round-to 8" in slower["warning"]
+    assert lines == [f"warning: {slower['warning']}"]
+    faster = latency_device.measure(wide, small, None, repeat=5, log=lines.append)
+    assert faster["speedup"] > 1.03 and "warning" not in faster and len(lines) == 1
