@@ -195,9 +195,12 @@ class TvmTimer(LayerTimer):
     def context(self) -> str:
         from acc.backends.tune import db_dir
 
+        import tvm
+
         name = db_dir(self.cache_root, self.spec).name
         device = hashlib.sha256(self.device.encode()).hexdigest()[:8]
-        return f"tvm-{name}-{device}" + ("-tuned" if self.tune_root is not None else "")
+        # TVM's version is in the name: another TVM compiles other kernels, so its times are others
+        return f"tvm-{name}-{device}-{tvm.__version__}" + ("-tuned" if self.tune_root is not None else "")
 
     def describe(self) -> dict:
         return {**super().describe(), "target": self.spec.name, "device": self.device,
