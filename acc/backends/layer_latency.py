@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from acc.atomic import write_text
+from acc.backends.rpc import _one_line
 from acc.errors import ToolchainError
 
 LAYERS_PER_LIBRARY = 64  # layer shapes compiled into one library (one upload to a device)
@@ -31,8 +32,9 @@ MODEL_ROUNDS = 15  # interleaved rounds whole models are timed over (their ratio
 
 
 def default_cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "acc" / "latency"
+    from acc.backends.tune import default_db_root
+
+    return default_db_root().parent / "latency"  # beside the tuning database: ~/.cache/acc/latency
 
 
 class LatencyCache:
@@ -294,11 +296,6 @@ class TvmTimer(LayerTimer):
         except Exception as err:  # noqa: BLE001
             raise ToolchainError(f"timing the model on {self.device} failed: {_one_line(err)}") from None
         return [float(x) for x in np.median(np.asarray(times), axis=0)]
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 def _cpu_name() -> str:
