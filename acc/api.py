@@ -16,6 +16,7 @@ from acc.passes.importer import import_model
 from acc.passes.shrink import ShrinkResult
 from acc.passes.shrink import shrink as _shrink
 from acc.passes.summary import describe
+from acc.prune.posttrain import CUT_RECOVERY_IMAGES
 
 
 def analyze(model: str | os.PathLike, input_shapes: dict | None = None, prune_embedding: bool = False) -> dict:
@@ -39,13 +40,15 @@ def shrink(
     seed: int = 0,
     test_images: int | None = None,
     round_to: int = 1,
+    selection: str = "reconstruction",
     log=None,
 ) -> ShrinkResult:
     """Lossless purification (ratio=None) or one-shot pruning of `ratio` of every group
     (`prune_embedding`: a transformer's residual stream too; `round_to` K: each group keeps a
     multiple of K channels, acc.prune.cost.kept_channels); or, with `rate` and `data`,
     post-training compression to `rate`x fewer `metric` (searched rates, refit, BatchNorm
-    re-estimation from `calibration_images` images; acc.prune.posttrain).
+    re-estimation from `calibration_images` images; acc.prune.posttrain), removing in each group the
+    channels the refit can best make up for (`selection="l1"`: the smallest L1 norms instead).
 
     The result is verified before anything is written; outputs are written atomically.
     """
@@ -59,7 +62,7 @@ def shrink(
         from acc.prune.posttrain.shrink import shrink_with_rate
 
         result = shrink_with_rate(model, data, rate, metric=metric, calibration_images=calibration_images, seed=seed,
-                                  test_images=test_images, input_shapes=input_shapes, log=log)
+                                  test_images=test_images, input_shapes=input_shapes, selection=selection, log=log)
     else:
         result = _shrink(model, ratio=ratio, criterion=criterion, input_shapes=input_shapes,
                          prune_embedding=prune_embedding, round_to=round_to)
@@ -135,6 +138,8 @@ def prune(
     rpc: str | None = None,
     tracker: str | None = None,
     key: str | None = None,
+    recover_cut: int = CUT_RECOVERY_IMAGES,
+    cut_ranking: bool = True,
     log=print,
 ):
     """ADMM structured pruning with given rates (a rates JSON path or dict, or `uniform`), then
@@ -147,7 +152,10 @@ def prune(
     `finetune_small=False` (--finetune-masked) fine-tunes the masked full-width model instead of
     the physically smaller one (acc.prune.shrink_phase): the same result, slower; for comparison.
     `target` (with `rpc`, or `tracker` and `key`, for a device; "onnxruntime" for this machine's
-    onnxruntime) times the result against the original there: the report's `latency` section."""
+    onnxruntime) times the result against the original there: the report's `latency` section.
+    `recover_cut` N: right after the hard prune, the cut layers are refitted by least squares on N
+    training images and BatchNorm re-estimated (acc.prune.posttrain.after_cut; 0: none); a one-shot
+    cut then takes the channels the refit best makes up for (`cut_ranking=False`: by norms)."""
     from acc.backends import latency_device
     from acc.errors import InputError
     from acc.prune.admm import TrainConfig
@@ -175,7 +183,7 @@ def prune(
                 raise InputError(f"--rho takes a number or 'auto', got '{rho}'") from None
         else:
             rho = None
-    recipe = _training_recipe(distill_weight, temperature, admm, admm_mode, schedule, warmup)
+    recipe = _training_recipe(distill_weight, temperature, admm, admm_mode, schedule, warmup, recover_cut)
     choice = choose_admm(admm, epochs, epochs if finetune_epochs is None else finetune_epochs)
     if choice["method"] == "one-shot" and epochs > 0:
         log(f"ADMM: {choice['reason']}")
@@ -204,7 +212,8 @@ def prune(
                            purify=purify, purify_tolerance=purify_tolerance,
                            workers=workers, cache_mb=cache_mb, augment=augment, input_shapes=input_shapes,
                            layout=layout, distill_weight=recipe["distill_weight"], temperature=recipe["temperature"],
-                           admm_choice=choice, round_to=round_to, finetune_small=finetune_small)
+                           admm_choice=choice, round_to=round_to, finetune_small=finetune_small,
+                           recover_cut=recipe["recover_cut"], cut_ranking=cut_ranking)
     result = _prune(model, data, options, rates_from_analysis=choose)
     if result.model is None:  # a rank other than 0 of a multi-process run: rank 0 writes
         return result
@@ -278,6 +287,7 @@ def compile(  # noqa: A001 - the verb users know
     key: str | None = None,
     latency_cache: str | os.PathLike | None = None,
     latency_check: bool = True,
+    recover_cut: int = CUT_RECOVERY_IMAGES,
     log=print,
 ):
     """The whole AutoCompress pipeline (see acc.autocompress). Returns a CompileResult whose
@@ -303,7 +313,7 @@ def compile(  # noqa: A001 - the verb users know
     from acc.prune.search import SearchConfig
 
     _check_purify_tolerance(purify_tolerance)
-    recipe = _training_recipe(distill_weight, temperature, admm)
+    recipe = _training_recipe(distill_weight, temperature, admm, recover_cut=recover_cut)
     if search_finetune_steps < 0:
         raise InputError("--search-finetune-steps must be 0 or more")
     if candidates is not None and candidates < 1:
@@ -336,7 +346,7 @@ def compile(  # noqa: A001 - the verb users know
 
 
 def _training_recipe(distill_weight, temperature, admm: str, admm_mode: str = "proximal", schedule: str = "cosine",
-                     warmup: float = 0.0) -> dict:
+                     warmup: float = 0.0, recover_cut: int = CUT_RECOVERY_IMAGES) -> dict:
     """The objective's and the schedule's options, checked (one-line errors); None: the defaults."""
     from acc.errors import InputError
     from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, check_distillation
@@ -353,7 +363,9 @@ def _training_recipe(distill_weight, temperature, admm: str, admm_mode: str = "p
         raise InputError(f"--schedule takes one of {', '.join(SCHEDULES)}, got '{schedule}'")
     if not 0 <= warmup < 1:
         raise InputError(f"--warmup is a share of the fine-tuning steps in [0, 1), got {warmup}")
-    return {"distill_weight": distill_weight, "temperature": temperature}
+    if isinstance(recover_cut, bool) or int(recover_cut) != recover_cut or recover_cut < 0:
+        raise InputError(f"--recover-cut takes a number of training images, 0 or more (0: no refit after the cut), got {recover_cut}")
+    return {"distill_weight": distill_weight, "temperature": temperature, "recover_cut": int(recover_cut)}
 
 
 def _search_starts(starts) -> tuple:

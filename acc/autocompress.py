@@ -34,6 +34,7 @@ from acc.prune import distributed
 from acc.prune.admm import TrainConfig
 from acc.prune.cost import METRICS
 from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, choose_supervision, output_kinds
+from acc.prune.posttrain import CUT_RECOVERY_IMAGES
 from acc.prune.schedule import choose_admm
 from acc.prune.pipeline import PruneOptions, load_training_data, prune, resolve_input
 from acc.prune.rates import Rates, check_round_to, layer_schemes
@@ -99,6 +100,7 @@ class CompileOptions:
     admm: str = "auto"  # --admm auto|on|off (acc.prune.schedule.choose_admm)
     distill_weight: float = DEFAULT_DISTILL_WEIGHT  # with labels: (1 - a) * cross-entropy + a * distillation
     temperature: float = DISTILL_TEMPERATURE
+    recover_cut: int = CUT_RECOVERY_IMAGES  # training images for the refit right after each round's hard prune (0: none)
 
 
 @dataclass
@@ -329,7 +331,8 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
                                  input_shapes=options.input_shapes, layout=options.layout,
                                  purify=options.purify, purify_tolerance=options.purify_tolerance,
                                  round_to=options.round_to, distill_weight=options.distill_weight,
-                                 temperature=options.temperature, admm_choice=choice)
+                                 temperature=options.temperature, admm_choice=choice,
+                                 recover_cut=options.recover_cut)
     world = distributed.current()
     searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
                        cluster) if world.is_main else None

@@ -79,7 +79,7 @@ def onnx_counts(net, tmp: Path):
     return count(import_model(path))
 
 
-def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch, lr, device, tmp):
+def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch, lr, device, tmp, seed=0):
     import torch
 
     from acc.prune.admm import TrainConfig, Trainer
@@ -90,7 +90,8 @@ def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch
 
     tp = torch_pruning()
     base = trained_resnet20(model_path)
-    before = onnx_counts(base, tmp).params
+    base_counts = onnx_counts(base, tmp)
+    before = base_counts.params
     example = torch.randn(1, 3, 32, 32)
 
     def pruned(ratio):
@@ -108,7 +109,8 @@ def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch
         else:
             hi = mid
     net = pruned(hi)
-    options = PruneOptions(rates=Rates(), limit=limit, test_limit=test_limit)
+    torch.manual_seed(seed)
+    options = PruneOptions(rates=Rates(), train=TrainConfig(seed=seed), limit=limit, test_limit=test_limit)
     train, val, test, _ = load_training_data(data, model_path, options, (1, 3, 32, 32))
     dev = torch.device(device)
     net.to(dev)
@@ -117,12 +119,26 @@ def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch
     acc_before = evaluate(trained_resnet20(model_path).to(dev), test, objective)["accuracy"]
     tensors = {n: p for n, p in net.named_parameters()}
     trainer = Trainer(net, ConstraintSet([], []), tensors, train, val, objective,
-                      TrainConfig(admm_epochs=0, finetune_epochs=epochs, batch_size=batch, finetune_lr=lr))
+                      TrainConfig(admm_epochs=0, finetune_epochs=epochs, batch_size=batch, finetune_lr=lr, seed=seed))
     trainer.run()
     after = onnx_counts(net.cpu(), tmp)
     net.to(dev)
     return {"accuracy_before": acc_before, "accuracy_after": evaluate(net, test, objective)["accuracy"],
-            "params_before": before, "params_after": after.params, "flops_after": after.flops, "global_ratio": hi}
+            "params_before": before, "params_after": after.params, "flops_before": base_counts.flops,
+            "flops_after": after.flops, "global_ratio": hi}
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """Per target and method: mean and sample std of the test accuracy over seeds, mean seconds."""
+    import statistics
+
+    out = []
+    for target, method in dict.fromkeys((r["target"], r["method"]) for r in rows):
+        acc = [r["accuracy_after"] for r in rows if (r["target"], r["method"]) == (target, method)]
+        sec = [r["seconds"] for r in rows if (r["target"], r["method"]) == (target, method)]
+        out.append({"target": target, "method": method, "seeds": len(acc), "mean": statistics.mean(acc),
+                    "std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "seconds": statistics.mean(sec)})
+    return out
 
 
 def main(argv=None) -> int:
@@ -138,6 +154,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--metric", choices=["params", "nonzero"], default="params")
+    p.add_argument("--seeds", default="0", help="comma-separated; with several, the table adds mean and std per method")
+    p.add_argument("--methods", default="search,uniform,torch-pruning")
+    p.add_argument("--recover-cut", type=int, default=None, help="acc's --recover-cut (default: acc's default)")
+    p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     import torch
 
@@ -149,8 +169,10 @@ def main(argv=None) -> int:
     work = ROOT / "benchmarks" / ".work"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for target in [float(t) for t in args.targets.split(",")]:
-        runs = [("search", "anneal", args.metric), ("uniform", "uniform", args.metric)]
+    methods = args.methods.split(",")
+    extra = {} if args.recover_cut is None else {"recover_cut": args.recover_cut}
+    for target, seed in [(float(t), int(sd)) for t in args.targets.split(",") for sd in args.seeds.split(",")]:
+        runs = [(m, s, args.metric) for m, s in (("search", "anneal"), ("uniform", "uniform")) if m in methods]
         if args.metric == "nonzero":
             runs.append(("search (filter only)", "anneal", "params"))
         for method, strategy, metric in runs:
@@ -158,9 +180,9 @@ def main(argv=None) -> int:
             result = api.compile(args.model, f"{target}x", args.data, work / f"{strategy}_{metric}_{target:g}x",
                                  rounds=args.rounds, budget_epochs=epochs, search_steps=8, eval_images=256, limit=limit,
                                  test_limit=test_limit, device=device, batch_size=batch, strategy=strategy,
-                                 metric=metric, progress=False, log=lambda m: None)
+                                 metric=metric, progress=False, seed=seed, log=lambda m: None, **extra)
             r = result.report
-            rows.append({"target": target, "method": method, "metric": metric,
+            rows.append({"target": target, "seed": seed, "method": method, "metric": metric,
                          "accuracy_before": r["accuracy_before"]["test"]["accuracy"],
                          "accuracy_after": r["accuracy_after"]["test"]["accuracy"],
                          "params_before": r["params"]["before"], "params_after": r["params"]["after_dense"],
@@ -171,29 +193,38 @@ def main(argv=None) -> int:
                          "search": [{"best_energy": s.get("best_energy"), "evaluated": s.get("evaluated"),
                                      "confirmation": s.get("confirmation")} for s in r["search"]],
                          "seconds": time.time() - started})
-            print(f"{target:g}x {rows[-1]['method']}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
+            print(f"{target:g}x seed {seed} {rows[-1]['method']}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
+        if "torch-pruning" not in methods:
+            continue
         started = time.time()
         tp_row = run_torch_pruning(args.model, args.data, target, epochs * args.rounds, limit, test_limit, batch,
-                                   0.01, device, work)
-        rows.append({"target": target, "method": "torch-pruning", "metric": "params", **tp_row,
-                     "nonzero_after": tp_row["params_after"], "flops_before": rows[-1]["flops_before"],
+                                   0.01, device, work, seed)
+        rows.append({"target": target, "seed": seed, "method": "torch-pruning", "metric": "params", **tp_row,
+                     "nonzero_after": tp_row["params_after"],
                      "seconds": time.time() - started})
-        print(f"{target:g}x torch-pruning: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
+        print(f"{target:g}x seed {seed} torch-pruning: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
     budget = {"rounds": args.rounds, "epochs_per_round": epochs, "total_epochs": epochs * args.rounds,
               "torch_pruning_finetune_epochs": epochs * args.rounds, "train_images": limit or "all",
-              "test_images": test_limit or 10000, "device": device, "full": args.full, "seed": 0,
-              "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50, "metric": args.metric}
+              "test_images": test_limit or 10000, "device": device, "full": args.full, "seeds": args.seeds,
+              "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50, "metric": args.metric,
+              "recover_cut": "acc default" if args.recover_cut is None else args.recover_cut}
     print()
     print(f"ResNet-20, CIFAR-10; budget: {budget}")
     print(table(["target", "method", "test acc before", "test acc after", "params (dense)", "params (non-zero)",
                  "FLOPs", "seconds"],
                 [[f"{r['target']:g}x", r["method"], f"{100 * r['accuracy_before']:.2f}%", f"{100 * r['accuracy_after']:.2f}%",
                   f"{r['params_before'] / r['params_after']:.2f}x", f"{r['params_before'] / r['nonzero_after']:.2f}x",
-                  f"{r['flops_before'] / r['flops_after']:.2f}x", f"{r['seconds']:.0f}"] for r in rows], {2, 3, 4, 5, 6, 7}))
-    name = "compile_cifar10" + ("_full" if args.full else "") + ("_nonzero" if args.metric == "nonzero" else "")
+                  f"{r['flops_before'] / r['flops_after']:.2f}x" if r.get("flops_before") else "",
+                  f"{r['seconds']:.0f}"] for r in rows], {2, 3, 4, 5, 6, 7}))
+    summary = seed_summary(rows)
+    if len(args.seeds.split(",")) > 1:
+        print(table(["target", "method", "test acc (mean +- std)", "seconds (mean)"],
+                    [[f"{s['target']:g}x", s["method"], f"{100 * s['mean']:.2f} +- {100 * s['std']:.2f}",
+                      f"{s['seconds']:.0f}"] for s in summary]))
+    name = args.name or ("compile_cifar10" + ("_full" if args.full else "") + ("_nonzero" if args.metric == "nonzero" else ""))
     path = record.write(name,
                         "acc compile (search) vs uniform rates vs Torch-Pruning global magnitude, same budget, ResNet-20 CIFAR-10",
-                        rows, budget, args.out)
+                        rows, budget, args.out, summary=summary)
     print(f"wrote {path}")
     return 0
 

@@ -129,10 +129,11 @@ def calibration_batches(calib, batch: int = 64) -> list[torch.Tensor]:
     return [x for part in (calib.estimate, calib.validate, calib.held_out) for x, _ in part.batches(batch)]
 
 
-def run_acc(path, data, target, metric, images, tmp) -> tuple[onnx.ModelProto, dict]:
-    result = api.shrink(path, rate=target, metric=metric, data=data, calibration_images=images, test_images=0)
+def run_acc(path, data, target, metric, images, tmp, selection="reconstruction") -> tuple[onnx.ModelProto, dict]:
+    result = api.shrink(path, rate=target, metric=metric, data=data, calibration_images=images, test_images=0,
+                        selection=selection)
     post = result.details
-    return result.model, {"held_out_relative_l2": post["held_out"]["pruned"]["relative_l2"],
+    return result.model, {"selection": post["selection"]["criterion"], "held_out_relative_l2": post["held_out"]["pruned"]["relative_l2"],
                           "held_out_agreement": post["held_out"]["pruned"].get("top1_agreement"),
                           "allocation": post["allocation"]["chosen"],
                           "refitted_layers": sum(1 for r in post["recovery"]["layers"] if r["refitted"]),
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="resnet20,vgg16,mobilenetv2")
     p.add_argument("--targets", default="1.5,2,3")
     p.add_argument("--metrics", default="params,flops")
-    p.add_argument("--methods", default="acc,uniform,onnxsim,torch-pruning")
+    p.add_argument("--methods", default="acc,acc-l1,uniform,onnxsim,torch-pruning")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10"))
     p.add_argument("--calibration-images", type=int, default=512)
     p.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
@@ -282,8 +283,9 @@ def main(argv=None) -> int:
                             continue
                         t0 = time.time()
                         try:
-                            if method == "acc":
-                                model, extra = run_acc(path, args.data, target, metric, args.calibration_images, tmp)
+                            if method in ("acc", "acc-l1"):
+                                model, extra = run_acc(path, args.data, target, metric, args.calibration_images, tmp,
+                                                       "l1" if method == "acc-l1" else "reconstruction")
                             elif method == "uniform":
                                 model, extra = run_uniform(path, target, metric)
                             elif method == "onnxsim":

@@ -87,6 +87,8 @@ def spawned_ranks(args) -> int | None:
 
 
 def add_training_recipe(parser) -> None:
+    from acc.prune.posttrain import CUT_RECOVERY_IMAGES
+
     """The objective and ADMM policy (acc prune, acc compile)."""
     parser.add_argument("--distill-weight", type=float, default=None, metavar="A",
                         help="with labels, train on (1 - A) x cross-entropy + A x distillation from the original model "
@@ -96,6 +98,9 @@ def add_training_recipe(parser) -> None:
     parser.add_argument("--admm", choices=["auto", "on", "off"], default="auto",
                         help="auto: ADMM where the budget lets it pay, else one-shot pruning + fine-tuning with all the "
                         "epochs (default); on: always ADMM; off: always one-shot")
+    parser.add_argument("--recover-cut", type=int, default=CUT_RECOVERY_IMAGES, metavar="N",
+                        help="right after the hard prune, refit the cut layers by least squares on N training images and "
+                        f"re-estimate BatchNorm, before fine-tuning (default {CUT_RECOVERY_IMAGES}; 0: fine-tune the cut as it is)")
 
 
 def add_device(parser) -> None:

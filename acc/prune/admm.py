@@ -105,7 +105,7 @@ class Trainer:
     def __init__(self, module, constraints: ConstraintSet, tensors: dict[str, torch.Tensor], train, val,
                  objective: Objective, config: TrainConfig, checkpoint_path: str | os.PathLike | None = None,
                  progress=None, after_finetune=None, world: distributed.World | None = None,
-                 device: torch.device | str = "cpu", shrink=None):
+                 device: torch.device | str = "cpu", shrink=None, recovery=None):
         self.module = module
         self.world = world or distributed.World()
         self.device = torch.device(device)
@@ -121,6 +121,9 @@ class Trainer:
         # Rebuilds the hard-pruned model physically smaller for fine-tuning (acc.prune.shrink_phase.Shrinker);
         # None: fine-tune the full-width model under its masks.
         self.shrink = shrink
+        # Called right after the hard prune (acc.prune.posttrain.after_cut.CutRecovery): a refit of the
+        # cut layers before fine-tuning; its snapshot() right before the cut. None: fine-tune as cut.
+        self.recovery = recovery
         self.shrunk: dict | None = None  # what a checkpoint needs to rebuild the small model
         self.state = RunState(rho=config.rho if config.rho is not None else 0.0)
         self.Z: dict[str, torch.Tensor] = {}
@@ -308,11 +311,19 @@ class Trainer:
         validation figures just before and after (the hard-prune drop ADMM is there to shrink)."""
         record = {"phase": "hard_prune", "distance_to_structure": self._distance()}
         before = evaluate(self.module, self.val, self.objective, world=self.world)
+        if self.recovery is not None:
+            self.recovery.snapshot(self)
         self.hard_prune()
         after = evaluate(self.module, self.val, self.objective, world=self.world)
         for key in ("loss", "accuracy"):
             if key in before:
                 record[f"val_{key}_before"], record[f"val_{key}_after"] = before[key], after[key]
+        if self.recovery is not None:
+            record["recovery"] = self.recovery(self)
+            recovered = evaluate(self.module, self.val, self.objective, world=self.world)
+            for key in ("loss", "accuracy"):
+                if key in recovered:
+                    record[f"val_{key}_recovered"] = recovered[key]
         return record
 
     @torch.no_grad()

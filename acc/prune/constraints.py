@@ -47,6 +47,7 @@ class GroupConstraint:
         self.width = group.width
         self.keep = max(1, min(int(keep), group.width))
         self.frozen = torch.tensor([why is not None for why in group.frozen])
+        self.fixed_scores: torch.Tensor | None = None  # a ranking decided elsewhere (higher kept first)
         find = analysis.elements.find
         root_to_channel = analysis.channel_of_root(group)
         self.members: list[MemberIndex] = []
@@ -63,6 +64,8 @@ class GroupConstraint:
         return {m.name for m in self.members if m.role in WEIGHT_ROLES}
 
     def scores(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.fixed_scores is not None:
+            return self.fixed_scores.clone()
         total = torch.zeros(self.width, dtype=torch.float64)
         for m in self.members:
             if m.role not in WEIGHT_ROLES or m.name not in tensors:

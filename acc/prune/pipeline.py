@@ -46,6 +46,7 @@ from acc.prune.cost import kept_channels
 from acc.prune.objective import (DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, Objective, choose_supervision,
                                   classifier_output, describe_objective, evaluate, output_kinds)
 from acc.prune.purify import DEFAULT_TOLERANCE, purify_near_zero, removals_beyond_request, skipped
+from acc.prune.posttrain.after_cut import CutRecovery
 from acc.prune.rates import Rates, build_constraints
 from acc.prune.shrink_phase import Shrinker, compose
 
@@ -80,6 +81,8 @@ class PruneOptions:
     layout: str | None = None  # NCHW or NHWC (None: the preprocess JSON's, else read from the input's shape)
     round_to: int = 1  # --round-to: near-zero purification removes channels in blocks of this many
     finetune_small: bool = True  # fine-tune the physically smaller model (False: the masked full-width one)
+    recover_cut: int = 0  # training images for the refit right after the hard prune (acc.prune.posttrain.after_cut); 0: none
+    cut_ranking: bool = True  # with recover_cut, a one-shot cut takes the channels the refit best makes up for (else norms)
 
 
 @dataclass
@@ -191,11 +194,13 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     before = {"val": score(bridge.module, val), "test": score(bridge.module, test)}
     # Every rank rewrites the hard-pruned model in memory, the same way: they all train the same small model.
     shrinker = Shrinker(model, analysis, bridge, options.criterion, device) if options.finetune_small else None
+    recovery = (CutRecovery(model, analysis, bridge, train, objective, options.recover_cut, options.train.seed, device,
+                            ranking=options.cut_ranking) if options.recover_cut > 0 else None)
     trainer = Trainer(
         bridge.module, constraints, tensors, train, val, objective, options.train,
         checkpoint_path=options.checkpoint, progress=_Progress(options.progress and world.is_main),
         after_finetune=lambda t: {"phase": "purify", **_near_zero_record(t, options)}, world=world, device=device,
-        shrink=shrinker,
+        shrink=shrinker, recovery=recovery,
     )
     if options.resume:
         trainer.restore(ckpt.load(options.checkpoint))

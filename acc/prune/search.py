@@ -405,7 +405,7 @@ class OneShotScorer:
         """`seed_offset` draws other calibration crops and fine-tune batches (a second opinion)."""
         module = self.bridge.module
         module.load_state_dict(self.original)
-        constraints = build_constraints(self.analysis, self.bridge, to_rates(self.cost, rates), "l1")
+        constraints = self._constraints(rates)
         tensors = self.bridge.tensors
         masks = constraints.hard_masks({n: tensors[n] for n in constraints.constrained_names}, tensors)
         masks = {name: mask.to(tensors[name].dtype) for name, mask in masks.items()}
@@ -419,6 +419,10 @@ class OneShotScorer:
         module.load_state_dict(self.original)
         module.eval()
         return float(loss) * self.config.energy_scale
+
+    def _constraints(self, rates: np.ndarray):
+        """The masks' constraints: L1 channel choice, as the trained pipeline's one-shot prune."""
+        return build_constraints(self.analysis, self.bridge, to_rates(self.cost, rates), "l1")
 
     @torch.enable_grad()
     def _finetune(self, module, masks, seed: int) -> None:

@@ -23,9 +23,18 @@ from acc.prune.search import OneShotScorer
 
 
 class CalibratedScorer(OneShotScorer):
-    """The search's one-shot energy (L1 masks, BatchNorm re-estimated, loss on validation images)
-    with this package's exact, unaugmented BatchNorm re-estimation: the energy of a zero-training
-    candidate, the same for every seed."""
+    """The search's one-shot energy (masks, BatchNorm re-estimated, loss on validation images) with
+    this package's BatchNorm re-estimation and the channel choice of `rankings`
+    (selection.reconstruction_rankings; L1 in groups it does not rank): the energy of a
+    zero-training candidate, the same for every seed."""
+
+    rankings: dict | None = None
+
+    def _constraints(self, rates):
+        constraints = super()._constraints(rates)
+        for g in constraints.groups:
+            g.fixed_scores = (self.rankings or {}).get(g.name)
+        return constraints
 
     def _recalibrate_bn(self, module, seed: int) -> None:
         if self.calibration is not None:
@@ -33,10 +42,12 @@ class CalibratedScorer(OneShotScorer):
 
 
 @torch.no_grad()
-def apply_rates(analysis: Analysis, bridge: TorchModel, rates: Rates) -> Plan:
-    """Zero, in the bridge's tensors, the channels `rates` removes (smallest L1 norm first); the
-    plan of the channels kept."""
+def apply_rates(analysis: Analysis, bridge: TorchModel, rates: Rates, rankings: dict | None = None) -> Plan:
+    """Zero, in the bridge's tensors, the channels `rates` removes (lowest in `rankings` first,
+    smallest L1 norm in groups it does not rank); the plan of the channels kept."""
     constraints = build_constraints(analysis, bridge, rates, "l1")
+    for g in constraints.groups:
+        g.fixed_scores = (rankings or {}).get(g.name)
     tensors = bridge.tensors
     weights = {n: tensors[n] for n in constraints.constrained_names}
     plan = Plan({g.name: [int(j) for j in g.kept_channels(weights).nonzero().flatten()] for g in constraints.groups})
@@ -58,9 +69,13 @@ def _restore_bn(module, state) -> None:
 
 @torch.no_grad()
 def recover(analysis: Analysis, plan: Plan, bridge: TorchModel, original: TorchModel, estimate, validate,
-            objective, seed: int = 0) -> dict:
-    """Refit, then BatchNorm re-estimation if it helps; the bridge's module is changed in place."""
+            objective, seed: int = 0, skip: set | None = None) -> dict:
+    """Refit, then BatchNorm re-estimation if it helps; the bridge's module is changed in place.
+    `skip`: weight names not to refit (they carry masks of their own, e.g. pruned columns)."""
     layers = layers_to_refit(analysis, plan, bridge, original)
+    for layer in layers:
+        if layer.skip is None and layer.weight in (skip or ()):
+            layer.skip = "its weight has pruned columns, which a refit would refill"
     records = refit(layers, bridge.module, original.module, estimate, validate, seed)
     before = evaluate(bridge.module, validate, objective)["loss"]
     state = _bn_state(bridge.module)

@@ -1,8 +1,9 @@
 """`acc shrink MODEL --rate R --data D`: the rate reached with no training at all.
 
-import -> analysis -> calibration images -> allocation search (allocate.py) -> masks + refit +
-BatchNorm (recover.py) -> rewrite -> verify (the rewritten graph against the masked, refitted
-model in onnxruntime) -> report, with distances measured on held-out calibration images.
+import -> analysis -> calibration images -> channel rankings (selection.py) -> allocation search
+(allocate.py) -> masks + refit + BatchNorm (recover.py) -> rewrite -> verify (the rewritten graph
+against the masked, refitted model in onnxruntime) -> report, with distances measured on held-out
+calibration images.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from acc.prune.posttrain.allocate import search_rates
 from acc.prune.posttrain.calibration_data import check_count, load_calibration
 from acc.prune.posttrain.distance import accuracy, output_distance
 from acc.prune.posttrain.recover import CalibratedScorer, apply_rates, recover
+from acc.prune.posttrain.selection import reconstruction_rankings
 from acc.prune.search import SearchConfig, cost_model, max_reduction, to_rates
 
 METRICS = ("params", "flops")
+SELECTIONS = ("reconstruction", "l1")
 DEFAULT_IMAGES = 512
 
 
@@ -51,6 +54,7 @@ class PostTrainOptions:
     search: SearchConfig = field(default_factory=default_search)
     input_shapes: dict | None = None
     layout: str | None = None
+    selection: str = "reconstruction"  # which channels go: reconstruction (selection.py) | l1
 
 
 @dataclass
@@ -64,6 +68,8 @@ class PostTrainResult(ShrinkResult):
 def post_training_shrink(model_path: str | os.PathLike, data, options: PostTrainOptions, log=None) -> PostTrainResult:
     started = time.time()
     log = log or (lambda *a, **k: None)
+    if options.selection not in SELECTIONS:
+        raise InputError(f"the channel choice is one of {', '.join(SELECTIONS)}, got '{options.selection}'")
     if options.metric not in METRICS:
         raise InputError(f"--metric must be one of {', '.join(METRICS)} for --rate, got '{options.metric}'")
     if not options.rate > 1.0:
@@ -86,12 +92,15 @@ def post_training_shrink(model_path: str | os.PathLike, data, options: PostTrain
     objective = Objective(original.module, use_labels=False, kinds=kinds)
     config = options.search
     scorer = CalibratedScorer(analysis, bridge, objective, calib.validate, calib.estimate, config, cost=cost)
+    if options.selection == "reconstruction":
+        log("ranking every group's channels by what their consumers' least squares lose without them")
+        scorer.rankings = reconstruction_rankings(analysis, original, calib.estimate, cost.names, options.seed)
     target = cost.total(options.metric) / options.rate
     best = {}  # the recovered finalist with the lowest energy: its weights, plan and record
 
     def recovered_energy(rates) -> float:
         bridge.module.load_state_dict(scorer.original)
-        plan = apply_rates(analysis, bridge, to_rates(cost, rates))
+        plan = apply_rates(analysis, bridge, to_rates(cost, rates), scorer.rankings)
         record = recover(analysis, plan, bridge, original, calib.estimate, calib.validate, objective, options.seed)
         energy = record["validation_loss"] * config.energy_scale
         if not best or energy < best["energy"]:
@@ -123,6 +132,8 @@ def post_training_shrink(model_path: str | os.PathLike, data, options: PostTrain
         "rate_requested": options.rate, "metric": options.metric,
         "reduction": {"params": before.params / max(after.params, 1), "flops": before.flops / max(after.flops, 1)},
         "calibration_images": calib.sizes(), "labels_used": False,
+        "selection": {"criterion": options.selection,
+                      "ranked_groups": len(scorer.rankings or {}), "groups": len(cost.names)},
         "rates": {name: float(r) for name, r in zip(cost.names, group_rates) if r > 0},
         "allocation": {"chosen": allocation.chosen, "starts": allocation.starts, "finalists": allocation.finalists,
                        "search": allocation.search, "config": asdict(config)},
@@ -135,10 +146,11 @@ def post_training_shrink(model_path: str | os.PathLike, data, options: PostTrain
 
 def shrink_with_rate(model_path, data, rate: float, metric: str = "params", calibration_images: int = DEFAULT_IMAGES,
                      seed: int = 0, test_images: int | None = None, input_shapes: dict | None = None,
-                     search: SearchConfig | None = None, log=None) -> PostTrainResult:
+                     search: SearchConfig | None = None, selection: str = "reconstruction", log=None) -> PostTrainResult:
     if isinstance(model_path, onnx.ModelProto):
         raise InputError("--rate needs the model as a file (its preprocess JSON is read from beside it)")
     torch.manual_seed(seed)
     options = PostTrainOptions(rate=rate, metric=metric, calibration_images=calibration_images, seed=seed,
-                               test_images=test_images, input_shapes=input_shapes, search=search or default_search())
+                               test_images=test_images, input_shapes=input_shapes, search=search or default_search(),
+                               selection=selection)
     return post_training_shrink(model_path, data, options, log)
