@@ -3,9 +3,10 @@
 
 `acc prune --recover-cut N` refits, right after the hard prune, every layer that reads removed
 channels (least squares against the model just before the cut, on N training images) and
-re-estimates BatchNorm, then fine-tunes as usual; a one-shot cut also takes the channels that refit
-best makes up for (acc.prune.posttrain.selection) instead of the largest norms. Three variants of
-the same prune: plain (the cut as it is), refit (recovery, norms choose), refit+rank (the default). At
+re-estimates BatchNorm, then fine-tunes as usual. Three variants of the same prune: plain (the cut
+as it is), refit (recovery, the norms choose the channels: the default), refit+rank (recovery, the
+channels chosen by the refit's residual, acc.prune.posttrain.selection, as `acc shrink --rate`
+does; API cut_ranking=True). At
 short budgets, one-shot (what `--admm auto` picks below 10 epochs): uniform filter rates that reach
 2x and 4x fewer parameters, 1 and 3 fine-tuning epochs on a seeded subset of the CIFAR-10 training
 split, seeds 0-2; accuracy on a fixed subset of the test split, mean and standard deviation.
@@ -18,6 +19,7 @@ Also recorded: the validation accuracy right after the cut and right after the r
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -83,9 +85,16 @@ def main() -> None:
                         help="plain: the cut as it is; refit: + recovery; refit+rank: + channels chosen by the refit's residual")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--resume", action="store_true", help="keep the rows of the last run's JSON, run the missing ones")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
+    name_out = args.out or "cut_recovery"
+    last = record.RESULTS / f"{name_out}.json" if not Path(name_out).is_absolute() else Path(name_out + ".json")
+    earlier = {}
+    if args.resume and last.is_file():
+        earlier = {(r["model"], r["reduction"], r["epochs"], r["seed"], r["variant"]): r
+                   for r in json.loads(last.read_text())["rows"]}
     rows = []
     for name in args.models.split(","):
         model = MODELS[name]
@@ -97,12 +106,24 @@ def main() -> None:
             for epochs in (int(e) for e in args.epochs.split(",")):
                 for seed in (int(s) for s in args.seeds.split(",")):
                     for variant in variants:  # interleaved: the machine's load hits them alike
+                        if (name, reduction, epochs, seed, variant) in earlier:
+                            rows.append(earlier[(name, reduction, epochs, seed, variant)])
+                            continue
                         run = one_run(model, rate, epochs, seed, variant, args)
                         rows.append({"model": name, "reduction": reduction, "uniform_rate": rate, "epochs": epochs,
                                      "seed": seed, "variant": variant, **run})
                         print(f"{name} {reduction:g}x {epochs} ep seed {seed} {variant}: "
                               f"{run['accuracy']:.4f} (cut {run['val_accuracy_cut']}, recovered "
                               f"{run['val_accuracy_recovered']}) {run['seconds']:.0f} s", flush=True)
+    summary = write(name_out, rows, args, variants)
+    print(table(["model", "params", "epochs", *variants],
+                [[s["model"], f"{s['reduction']:g}x", s["epochs"],
+                  *(f"{100 * s[v]['mean']:.2f} +- {100 * s[v]['std']:.2f}" if v in s else "" for v in variants)]
+                 for s in summary]))
+    print(f"wrote {name_out}")
+
+
+def write(name_out: str, rows: list[dict], args, variants: list[str]) -> list[dict]:
     summary = []
     keys = sorted({(r["model"], r["reduction"], r["epochs"]) for r in rows})
     for model, reduction, epochs in keys:
@@ -110,16 +131,15 @@ def main() -> None:
         for variant in variants:
             acc = [r["accuracy"] for r in rows if (r["model"], r["reduction"], r["epochs"], r["variant"]) ==
                    (model, reduction, epochs, variant)]
-            row[variant] = {"mean": statistics.mean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0}
+            if acc:
+                row[variant] = {"mean": statistics.mean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                                "seeds": len(acc)}
         summary.append(row)
-    print(table(["model", "params", "epochs", *variants],
-                [[s["model"], f"{s['reduction']:g}x", s["epochs"],
-                  *(f"{100 * s[v]['mean']:.2f} +- {100 * s[v]['std']:.2f}" for v in variants)] for s in summary]))
     budget = {"images": args.images, "test_images": args.test_images, "seeds": args.seeds, "admm": "off",
               "variants": variants,
               "recover_images": args.recover_images, "threads": args.threads}
-    path = record.write(args.out or "cut_recovery", QUESTION, rows, budget, summary=summary)
-    print(f"wrote {path}")
+    record.write(name_out, QUESTION, rows, budget, summary=summary)
+    return summary
 
 
 if __name__ == "__main__":

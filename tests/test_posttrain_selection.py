@@ -105,7 +105,7 @@ def test_a_channel_the_next_layer_can_rebuild_goes_first_though_l1_keeps_it(tmp_
 def test_prune_recover_cut_refits_after_the_hard_prune_and_reports_it(tmp_path):
     report = tmp_path / "report.json"
     result = api.prune(str(RESNET20), str(DEMO), str(tmp_path / "out.onnx"), uniform=0.3, admm="off",
-                       finetune_epochs=0, limit=300, test_limit=200, progress=False, recover_cut=160,
+                       finetune_epochs=0, limit=300, test_limit=200, progress=False, recover_cut=160, cut_ranking=True,
                        report=str(report), log=lambda *a, **k: None)
     cut = next(h for h in result.report["history"] if h["phase"] == "hard_prune")
     recovery = cut["recovery"]
@@ -114,3 +114,20 @@ def test_prune_recover_cut_refits_after_the_hard_prune_and_reports_it(tmp_path):
     # What the recovery is for: the cut model's validation loss falls a long way before any training.
     assert cut["val_loss_recovered"] < 0.7 * cut["val_loss_after"]
     assert json.loads(report.read_text())["history"][0]["recovery"]["refitted_layers"] == recovery["refitted_layers"]
+
+
+@pytest.mark.parametrize("flag, expect", [([], "refit by norms"), (["--recover-cut", "0"], "none")])
+def test_prune_cli_recovers_the_cut_by_default_and_not_with_0(tmp_path, capsys, flag, expect):
+    from acc.cli import main
+
+    report = tmp_path / "report.json"
+    code = main(["prune", str(RESNET20), "--data", str(DEMO), "-o", str(tmp_path / "out.onnx"), "--uniform", "0.3",
+                 "--admm", "off", "--finetune-epochs", "0", "--limit", "300", "--no-progress", "--report", str(report),
+                 *flag])
+    capsys.readouterr()
+    assert code == 0
+    cut = next(h for h in json.loads(report.read_text())["history"] if h["phase"] == "hard_prune")
+    if expect == "none":
+        assert "recovery" not in cut
+    else:
+        assert cut["recovery"]["ranked_groups"] == 0 and cut["recovery"]["refitted_layers"] > 10

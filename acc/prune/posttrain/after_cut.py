@@ -7,9 +7,12 @@ the same recovery runs right after the hard prune (after ADMM, or at once for on
 hundred training images (labels unused for the fit), so fine-tuning starts from weights that
 already make up for most of what the cut removed, instead of from the bare masked weights.
 
-A one-shot cut takes its channels by the greedy least-squares ranking of selection.py, as
-`acc shrink --rate` does. The reference is the model just before the cut (the round's input for one-shot; the ADMM-trained
-weights otherwise), so the refit undoes the cut, not the training. Layers whose weights also carry
+With `ranking`, a one-shot cut also takes its channels by selection.py's greedy least-squares
+ranking, as `acc shrink --rate` does. Off by default: measured with one fine-tuning epoch
+(benchmarks/results/cut_recovery.json, ResNet-20), it tied the norms' choice at 2x and lost 3.2
+points to it at 4x, although the ranked cut starts higher after the refit; what the refit makes up
+for best is not what fine-tuning makes up for best. The reference is the model just before the
+cut (the round's input for one-shot; the ADMM-trained weights otherwise), so the refit undoes the cut, not the training. Layers whose weights also carry
 column masks (the column scheme) are left as they are: a refit would refill their pruned columns.
 Every rank of a multi-process run computes the same refit; rank 0's weights are then broadcast so
 that float reordering on GPUs cannot leave the ranks apart.
@@ -31,7 +34,7 @@ from acc.prune.posttrain.selection import reconstruction_rankings
 class CutRecovery:
     def __init__(self, model: onnx.ModelProto, analysis: Analysis, bridge: TorchModel, data, objective,
                  images: int = CUT_RECOVERY_IMAGES, seed: int = 0, device: torch.device | str = "cpu",
-                 ranking: bool = True):
+                 ranking: bool = False):
         self.model, self.analysis, self.bridge, self.ranking = model, analysis, bridge, ranking
         self.objective, self.seed, self.device = objective, seed, torch.device(device)
         n = min(images, len(data))
@@ -43,9 +46,10 @@ class CutRecovery:
         self._ranked = 0
 
     def snapshot(self, trainer) -> None:
-        """Remember the weights just before the hard prune: the refit's reference. A one-shot cut
-        (no ADMM) also takes its channels by what the refit can make up for (selection.py) instead
-        of by norms; after ADMM the weights have already moved onto the norms' choice."""
+        """Remember the weights just before the hard prune: the refit's reference. With `ranking`,
+        a one-shot cut (no ADMM) takes its channels by what the refit can make up for
+        (selection.py) instead of by norms; after ADMM the weights have already moved onto the
+        norms' choice."""
         self._before = {k: v.detach().clone() for k, v in self.bridge.module.state_dict().items()}
         self._ranked = 0
         if self.ranking and trainer.cfg.admm_epochs == 0:
