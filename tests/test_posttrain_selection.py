@@ -131,3 +131,17 @@ def test_prune_cli_recovers_the_cut_by_default_and_not_with_0(tmp_path, capsys, 
         assert "recovery" not in cut
     else:
         assert cut["recovery"]["ranked_groups"] == 0 and cut["recovery"]["refitted_layers"] > 10
+
+
+def test_a_layer_too_wide_for_its_normal_equations_is_skipped_with_the_reason(zoo_path, monkeypatch):
+    from acc.passes.mask import masked_model
+    from acc.passes.oneshot import ratio_plan
+    from acc.prune.posttrain import refit as refit_module
+
+    model = import_model(zoo_path("residual"))
+    analysis = analyze(model)
+    plan = ratio_plan(analysis, 0.5)
+    monkeypatch.setattr(refit_module, "MAX_UNKNOWNS", 20)
+    layers = refit_module.layers_to_refit(analysis, plan, TorchModel(masked_model(analysis, plan)), TorchModel(model))
+    wide = [layer for layer in layers if layer.kind in ("conv", "linear") and "unknowns per output" in (layer.skip or "")]
+    assert wide and all("GiB" in layer.skip for layer in wide)

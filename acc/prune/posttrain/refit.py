@@ -35,6 +35,7 @@ from acc.prune.posttrain.normal_equations import NormalEquations, ridge_fit
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 ROWS_PER_UNKNOWN = 64  # conv output positions are sampled down to about this many rows per unknown
 BATCH = 64
+MAX_UNKNOWNS = 8192  # a layer's K x K float64 normal matrix: 0.5 GiB here (VGG's 25,088-wide Gemm would need 4.7)
 
 
 @dataclass
@@ -87,6 +88,12 @@ def _layer(node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitL
     layer.kind, layer.skip = _kind(node, module, view)
     if layer.skip is None and layer.kind != "depthwise" and view.torch_axis(reads.axis) != 1:
         layer.skip = "its weight's input axis is not torch's axis 1"
+    if layer.skip is None and layer.kind != "depthwise":
+        taps = 1 if layer.kind == "linear" else math.prod(module.kernel_size)
+        unknowns = len(kept_in) * taps + (1 if module.bias is not None else 0)
+        if unknowns > MAX_UNKNOWNS:
+            layer.skip = (f"{unknowns} unknowns per output: its normal equations would take "
+                          f"{unknowns * unknowns * 8 / 2**30:.1f} GiB (the refit stops at {MAX_UNKNOWNS})")
     return layer
 
 
