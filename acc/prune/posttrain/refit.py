@@ -142,6 +142,26 @@ def capture(model: nn.Module, module: nn.Module, x: torch.Tensor, output: bool) 
     return box["t"]
 
 
+def capture_pair(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and the output of `module` when `model` runs on `x`, in one pass stopped there."""
+    box = {}
+
+    def on_output(_, inputs, out):
+        box["x"], box["y"] = inputs[0], out
+        raise _Captured
+
+    handle = module.register_forward_hook(on_output)
+    try:
+        model(x)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if "y" not in box:
+        raise RuntimeError("the layer was not reached by the forward pass")
+    return box["x"], box["y"]
+
+
 def _has_bias(layer: RefitLayer) -> bool:
     return getattr(layer.module, "bias", None) is not None
 

@@ -35,33 +35,11 @@ from acc.passes.analysis import Analysis
 from acc.passes.channels import IN_WEIGHT
 from acc.prune.bridge import TorchModel
 from acc.prune.posttrain.normal_equations import NormalEquations
-from acc.prune.posttrain.refit import BATCH, RefitLayer, rows_of
+from acc.prune.posttrain.refit import BATCH, RefitLayer, capture_pair, rows_of
 
 MAX_UNKNOWNS = 5000  # a consumer's K x K float64 normal matrix: 200 MB at this size
 RIDGE = 1e-4  # relative to the mean diagonal: keeps A invertible where channels are collinear
 ROWS_PER_UNKNOWN = 16
-
-
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
-def _input_output(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple:
-    box = {}
-
-    def hook(_, inputs, out):
-        box["x"], box["y"] = inputs[0], out
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return box["x"], box["y"]
 
 
 def _consumer_layer(node, module) -> RefitLayer | None:
@@ -93,7 +71,7 @@ def _normal_equations(layer: RefitLayer, model: nn.Module, data, seed: int) -> N
     per_image = None if layer.kind == "linear" else max(1, math.ceil(ROWS_PER_UNKNOWN * k / max(len(data), 1)))
     generator = torch.Generator().manual_seed(seed)
     for x, _ in data.batches(BATCH):
-        inp, out = _input_output(model, layer.module, x)
+        inp, out = capture_pair(model, layer.module, x)
         X, Y = rows_of(layer, inp, out, per_image, generator)
         eq.add(X.cpu(), Y.cpu())
     return eq
