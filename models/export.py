@@ -28,6 +28,7 @@ from models.resnet_cifar import resnet18, resnet20, resnet56
 from models.resnet_imagenet import resnet18_imagenet
 from models.small224 import small224
 from models.vgg import vgg16
+from models.vit import vit
 
 REGISTRY = {
     "vgg16": vgg16,
@@ -48,6 +49,12 @@ IMAGENET_REGISTRY = {
 }
 IMAGENET_INPUT_SHAPE = (3, 224, 224)
 
+# CIFAR-sized transformers, kept apart from REGISTRY (whose models tests/test_models.py checks against
+# published CNN counts); `build` and models/train_cifar.py take them.
+TRANSFORMER_REGISTRY = {
+    "vit": vit,
+}
+
 
 def build(name: str, num_classes: int | None = None) -> nn.Module:
     """A model by name; num_classes defaults to 10 (CIFAR models) or the model's own (1000 for
@@ -57,7 +64,9 @@ def build(name: str, num_classes: int | None = None) -> nn.Module:
     if name in IMAGENET_REGISTRY:
         factory, default = IMAGENET_REGISTRY[name]
         return factory(num_classes=default if num_classes is None else num_classes)
-    known = sorted(REGISTRY) + sorted(IMAGENET_REGISTRY)
+    if name in TRANSFORMER_REGISTRY:
+        return TRANSFORMER_REGISTRY[name](num_classes=10 if num_classes is None else num_classes)
+    known = sorted(REGISTRY) + sorted(IMAGENET_REGISTRY) + sorted(TRANSFORMER_REGISTRY)
     raise ValueError(f"unknown model {name!r}; known: {', '.join(known)}")
 
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
-from models.export import REGISTRY, build, export_onnx  # noqa: E402
+from models.export import REGISTRY, TRANSFORMER_REGISTRY, build, export_onnx  # noqa: E402
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -132,12 +132,15 @@ def check_onnx(path: Path, model, images: np.ndarray, labels: np.ndarray) -> dic
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train a CIFAR-10 model of models/ and export it to ONNX.")
     parser.add_argument("--data", type=Path, required=True, help="folder with train.jpeg.npz and test.jpeg.npz")
-    parser.add_argument("--model", default="resnet20", choices=sorted(REGISTRY))
+    parser.add_argument("--model", default="resnet20", choices=sorted(REGISTRY) + sorted(TRANSFORMER_REGISTRY))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--time-budget", type=float, default=None, help="seconds of training; sets the epoch count")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 * batch / 128)")
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                        help="adamw for transformers (betas 0.9/0.999; pass --weight-decay 0.05)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default sgd 0.1 * batch / 128, adamw 1e-3 * batch / 512)")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
@@ -174,8 +177,13 @@ def main(argv=None) -> None:
 
     model = build(args.model, num_classes=len(classes)).to(device, memory_format=memory_format)
     trained = torch.compile(model) if args.compile else model
-    lr = args.lr if args.lr is not None else 0.1 * args.batch_size / 128
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True, weight_decay=args.weight_decay)
+    if args.optimizer == "adamw":
+        lr = args.lr if args.lr is not None else 1e-3 * args.batch_size / 512
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    else:
+        lr = args.lr if args.lr is not None else 0.1 * args.batch_size / 128
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
+                                    weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
     warmup_steps = max(1, round(args.warmup_epochs * steps_per_epoch))
     epochs = args.epochs
@@ -254,6 +262,7 @@ def main(argv=None) -> None:
         "epochs": epochs,
         "hyperparameters": {
             "batch_size": args.batch_size,
+            "optimizer": args.optimizer,
             "lr": lr,
             "momentum": args.momentum,
             "nesterov": True,

@@ -40,6 +40,22 @@ class TimmAttention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
+class Features(nn.Module):
+    """A ViT with no classifier: its output is the encoder's sequence of token features."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        m = self.model
+        x = m.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + m.pos_embed
+        for block in m.blocks:
+            x = block(x)
+        return m.norm(x)
+
+
 class HeadSoftmaxAttention(Attention):
     """Not attention acc knows: the softmax runs across the heads, mixing them."""
 
@@ -81,6 +97,7 @@ BUILDERS = {
     "vit_sdpa": lambda: _vit(sdpa=True),
     "vit_timm": lambda: _vit(TimmAttention),
     "vit_head_softmax": lambda: _vit(HeadSoftmaxAttention),
+    "vit_features": lambda: (Features(_vit()[0]), torch.randn(1, 3, 16, 16)),
     "bert": lambda: _bert(),
     "bert_sdpa": lambda: _bert(sdpa=True),
     "bert_features": lambda: _bert(num_classes=None),
@@ -343,3 +360,61 @@ def test_cost_model_counts_attention_matmuls_by_kept_heads(exported, dynamo):
     actual = count(result.model).flops
     assert any(g.unit == "head" for g in result.analysis.prunable_groups)
     assert abs(predicted - actual) <= 0.01 * actual, (predicted, actual)
+
+
+@pytest.mark.parametrize("name, dynamo", [("vit", False), ("vit_timm", True)])
+def test_refit_solves_each_matmul_linear_with_its_bias(exported, name, dynamo):
+    """The refit after a cut covers a transformer's Linears as exported (x @ W, then Add of a constant
+    bias): the MLP's second layer and the attention output projection read pruned channels and are
+    solved, weight and bias together, towards the original's outputs."""
+    from acc.passes.mask import masked_model
+    from acc.passes.oneshot import ratio_plan
+    from acc.prune.bridge import TorchModel
+    from acc.prune.posttrain.refit import layers_to_refit, refit
+    from acc.data.tensor_data import TensorData
+
+    model = import_model(exported(name, dynamo))
+    analysis = analyze(model)
+    plan = ratio_plan(analysis, 0.5)
+    bridge, original = TorchModel(masked_model(analysis, plan)), TorchModel(model)
+    layers = layers_to_refit(analysis, plan, bridge, original)
+    matmuls = [layer for layer in layers if layer.kind == "matmul"]
+    assert len(matmuls) == 2 * DEPTH and all(layer.skip is None and layer.bias_view is not None for layer in matmuls)
+
+    def images(n, seed):
+        return TensorData(torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)))
+
+    unseen = images(64, 9)
+
+    @torch.no_grad()
+    def distance():
+        return sum(float((bridge.module(x) - original.module(x)).pow(2).sum()) for x, _ in unseen.batches(64))
+
+    before = distance()
+    records = refit(layers, bridge.module, original.module, images(256, 1), images(64, 2))
+    assert all(r["refitted"] for r in records if r["kind"] == "matmul")
+    assert distance() < 0.5 * before
+    for layer in matmuls:  # removed input rows of the [in, out] weight stay zero
+        removed = torch.ones(layer.weight_view.tensor.shape[0], dtype=torch.bool)
+        removed[layer.kept_in] = False
+        assert float(layer.weight_view.tensor.detach()[removed].abs().sum()) == 0.0
+
+
+def test_encoder_without_classifier_is_pruned_by_distilling_its_output(exported, tmp_path):
+    """No classifier and no labels: acc prune distils the encoder's token features, the cut is
+    refitted (MatMul Linears included), and the smaller graph is verified against the masked model."""
+    from acc import api
+
+    data = tmp_path / "images.npz"
+    np.savez(data, inputs=np.random.default_rng(0).standard_normal((192, 3, 16, 16)).astype(np.float32))
+    result = api.prune(exported("vit_features", False), data, tmp_path / "small.onnx", uniform=0.5, epochs=2,
+                       admm="off", finetune_epochs=2, batch_size=32, progress=False, log=lambda *a, **k: None)
+    report = result.report
+    assert report["objective"].startswith("distillation")
+    cut = next(r for r in report["history"] if r["phase"] == "hard_prune")
+    assert cut["recovery"]["refitted_layers"] == cut["recovery"]["layers"] == 2 * DEPTH
+    assert cut["val_loss_recovered"] < 0.5 * cut["val_loss_after"]
+    last = [r for r in report["history"] if r["phase"] == "finetune"][-1]
+    assert last["val_loss"] <= cut["val_loss_recovered"]
+    assert report["params"]["reduction_dense"] > 1.5
+    assert onnx.load(tmp_path / "small.onnx").graph.output[0].type.tensor_type.shape.dim[2].dim_value == DIM

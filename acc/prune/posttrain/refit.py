@@ -13,8 +13,10 @@ so a layer is found in both through its weight initializer's name (the bridge's 
 hooks give the feature maps; each capture stops the forward pass at the layer.
 
 Handled: 2-D Conv (im2col by unfold, any stride/padding/dilation), depthwise Conv (one small
-solve per channel: its channel reads only itself), Gemm (nn.Linear, any transB/alpha). Skipped,
-with the reason in the report: grouped convs that are not depthwise, 1-D/3-D convs, MatMul.
+solve per channel: its channel reads only itself), Gemm (nn.Linear, any transB/alpha), and MatMul
+with a constant [in, out] weight (a transformer's Linear as exporters write it: x @ W, then an Add
+of a constant bias, which is solved with it). Skipped, with the reason in the report: grouped convs
+that are not depthwise, 1-D/3-D convs, MatMul between two activations.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 from acc.passes.analysis import Analysis
 from acc.passes.channels import DW_WEIGHT, IN_WEIGHT, OUT_WEIGHT
 from acc.passes.plan import Plan, Removal
-from acc.prune.bridge import TorchModel
+from acc.prune.bridge import TensorView, TorchModel
 from acc.prune.posttrain.normal_equations import NormalEquations, ridge_fit
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -47,8 +49,13 @@ class RefitLayer:
     original: nn.Module | None  # in the original model
     kept_in: torch.Tensor  # long: kept input channels (torch input axis)
     kept_out: torch.Tensor  # long: kept output channels
-    kind: str = ""  # conv | depthwise | linear
+    kind: str = ""  # conv | depthwise | linear | matmul
     skip: str | None = None
+    # matmul only: the weight [in, out] and the following Add's bias [out], in the pruned model, and
+    # the original's bias (the refit's target is the original's MatMul output plus that bias).
+    weight_view: TensorView | None = None
+    bias_view: TensorView | None = None
+    original_bias: TensorView | None = None
 
 
 def read_members(analysis: Analysis, node: str):
@@ -72,8 +79,67 @@ def layers_to_refit(analysis: Analysis, plan: Plan, bridge: TorchModel, original
         if kept_in_mask.all():
             continue
         kept_out_mask = removal.keep_mask(writes.layout) if writes is not None else None
-        layers.append(_layer(node, reads, kept_in_mask, kept_out_mask, bridge, original))
+        if node.op_type == "MatMul":
+            layers.append(_matmul_layer(analysis, node, reads, kept_in_mask, kept_out_mask, bridge, original))
+        else:
+            layers.append(_layer(node, reads, kept_in_mask, kept_out_mask, bridge, original))
     return layers
+
+
+def _too_many_unknowns(layer: RefitLayer) -> str | None:
+    taps = 1 if layer.kind in ("linear", "matmul") else math.prod(layer.module.kernel_size)
+    unknowns = len(layer.kept_in) * taps + (1 if _has_bias(layer) else 0)
+    if unknowns > MAX_UNKNOWNS:
+        return (f"{unknowns} unknowns per output: its normal equations would take "
+                f"{unknowns * unknowns * 8 / 2**30:.1f} GiB (the refit stops at {MAX_UNKNOWNS})")
+    return None
+
+
+def _module_writing(bridge: TorchModel, tensor: str) -> nn.Module | None:
+    """The converted module that computes ONNX tensor `tensor` (onnx2torch's per-node mapping)."""
+    for module in bridge.module.modules():
+        mapping = getattr(module, "onnx_mapping", None)
+        if mapping is not None and tensor in mapping.outputs:
+            return module
+    return None
+
+
+def _bias_after(analysis: Analysis, node, bridge: TorchModel) -> tuple[str | None, TensorView | None]:
+    """(name, view) of the constant [out] bias a single Add puts on the MatMul's output, if any."""
+    index = analysis.index
+    consumers = index.consumers.get(node.output[0], [])
+    if len(consumers) != 1 or consumers[0][0].op_type != "Add" or node.output[0] in index.output_names:
+        return None, None
+    add = consumers[0][0]
+    other = add.input[1 - consumers[0][1]]
+    shape = index.shape(node.output[0])
+    if not index.is_constant(other) or shape is None or index.array(other).shape != (shape[-1],):
+        return None, None
+    view = bridge.views.get(other)
+    return (other, view) if view is not None and view.scale == 1.0 and not view.transposed else (None, None)
+
+
+def _matmul_layer(analysis, node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitLayer:
+    weight = node.input[1]
+    view, view0 = bridge.views.get(weight), original.views.get(weight)
+    module, module0 = _module_writing(bridge, node.output[0]), _module_writing(original, node.output[0])
+    kept_in = torch.from_numpy(kept_in_mask).nonzero().flatten()
+    width_out = view.tensor.shape[-1] if view is not None else 0
+    kept_out = (torch.from_numpy(kept_out_mask).nonzero().flatten() if kept_out_mask is not None
+                else torch.arange(width_out))
+    layer = RefitLayer(node.name, node.op_type, weight, module, module0, kept_in, kept_out, "matmul")
+    if view is None or view0 is None or module is None or module0 is None or node.input[0] == weight:
+        layer.skip = "MatMul between two activations: only a constant weight is refitted"
+    elif view.tensor.dim() != 2 or reads.axis != 0 or view.scale != 1.0 or view.transposed:
+        layer.skip = "MatMul whose constant weight is not a plain [in, out] matrix"
+    else:
+        layer.weight_view = view
+        bias_name, layer.bias_view = _bias_after(analysis, node, bridge)
+        layer.original_bias = original.views.get(bias_name) if bias_name is not None else None
+        if layer.original_bias is None:
+            layer.bias_view = None
+        layer.skip = _too_many_unknowns(layer)
+    return layer
 
 
 def _layer(node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitLayer:
@@ -89,12 +155,9 @@ def _layer(node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitL
     if layer.skip is None and layer.kind != "depthwise" and view.torch_axis(reads.axis) != 1:
         layer.skip = "its weight's input axis is not torch's axis 1"
     if layer.skip is None and layer.kind != "depthwise":
-        taps = 1 if layer.kind == "linear" else math.prod(module.kernel_size)
-        unknowns = len(kept_in) * taps + (1 if module.bias is not None else 0)
-        if unknowns > MAX_UNKNOWNS:
-            layer.skip = (f"{unknowns} unknowns per output: its normal equations would take "
-                          f"{unknowns * unknowns * 8 / 2**30:.1f} GiB (the refit stops at {MAX_UNKNOWNS})")
+        layer.skip = _too_many_unknowns(layer)
     return layer
+
 
 
 def _kind(node, module, view) -> tuple[str, str | None]:
@@ -163,13 +226,30 @@ def capture_pair(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[
 
 
 def _has_bias(layer: RefitLayer) -> bool:
+    if layer.kind == "matmul":
+        return layer.bias_view is not None
     return getattr(layer.module, "bias", None) is not None
+
+
+def _weight(layer: RefitLayer) -> torch.Tensor:
+    return layer.weight_view.tensor if layer.kind == "matmul" else layer.module.weight
+
+
+def _bias(layer: RefitLayer) -> torch.Tensor | None:
+    if not _has_bias(layer):
+        return None
+    return layer.bias_view.tensor if layer.kind == "matmul" else layer.module.bias
 
 
 def current_weights(layer: RefitLayer) -> torch.Tensor:
     """W0 in the solver's layout [G, K, O]: kept input positions (then the bias) by kept outputs."""
-    w = layer.module.weight.detach()
-    bias = layer.module.bias.detach() if _has_bias(layer) else None
+    w = _weight(layer).detach()
+    bias = _bias(layer).detach() if _has_bias(layer) else None
+    if layer.kind == "matmul":  # [in, out]
+        rows = w[layer.kept_in][:, layer.kept_out]
+        if bias is not None:
+            rows = torch.cat([rows, bias[layer.kept_out][None, :]], 0)
+        return rows[None]
     if layer.kind == "depthwise":
         rows = w[layer.kept_in].reshape(len(layer.kept_in), -1)
         if bias is not None:
@@ -183,9 +263,15 @@ def current_weights(layer: RefitLayer) -> torch.Tensor:
 
 @torch.no_grad()
 def write_weights(layer: RefitLayer, W: torch.Tensor) -> None:
-    w = layer.module.weight
+    w = _weight(layer)
     has_bias = _has_bias(layer)
     W = W.to(w.dtype)
+    if layer.kind == "matmul":
+        W = W[0]
+        w[layer.kept_in[:, None], layer.kept_out[None, :]] = W[:-1] if has_bias else W
+        if has_bias:
+            _bias(layer)[layer.kept_out] = W[-1]
+        return
     if layer.kind == "depthwise":
         W = W[:, :, 0]
         taps = W[:, :-1] if has_bias else W
@@ -205,9 +291,11 @@ def rows_of(layer: RefitLayer, x: torch.Tensor, y: torch.Tensor, per_image: int 
     """(X [rows, G, K], Y [rows, G, O]) for one batch: the layer's input x (pruned model) and the
     original's output y; conv positions sampled to `per_image` per image (None: all)."""
     ones = _has_bias(layer)
-    if layer.kind == "linear":
+    if layer.kind in ("linear", "matmul"):
         X = x.reshape(-1, x.shape[-1])[:, layer.kept_in]
         Y = y.reshape(-1, y.shape[-1])[:, layer.kept_out]
+        if layer.kind == "matmul" and ones:  # the target is the original's output after its bias
+            Y = Y + layer.original_bias.tensor.detach()[layer.kept_out].to(Y.dtype)
         if ones:
             X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], 1)
         return X[:, None], Y[:, None]
@@ -245,7 +333,7 @@ def accumulate(layer: RefitLayer, pruned: nn.Module, original: nn.Module, data, 
 
 def positions_per_image(layer: RefitLayer, images: int, unknowns: int) -> int | None:
     """Conv output positions to sample per image: about ROWS_PER_UNKNOWN rows per unknown in all."""
-    if layer.kind == "linear":
+    if layer.kind in ("linear", "matmul"):
         return None
     return max(1, math.ceil(ROWS_PER_UNKNOWN * unknowns / max(images, 1)))
 
