@@ -80,7 +80,7 @@ def layers_to_refit(analysis: Analysis, plan: Plan, bridge: TorchModel, original
             continue
         kept_out_mask = removal.keep_mask(writes.layout) if writes is not None else None
         if node.op_type == "MatMul":
-            layers.append(_matmul_layer(analysis, node, reads, kept_in_mask, kept_out_mask, bridge, original))
+            layers.append(matmul_layer(analysis, node, reads, kept_in_mask, kept_out_mask, bridge, original))
         else:
             layers.append(_layer(node, reads, kept_in_mask, kept_out_mask, bridge, original))
     return layers
@@ -88,7 +88,7 @@ def layers_to_refit(analysis: Analysis, plan: Plan, bridge: TorchModel, original
 
 def _too_many_unknowns(layer: RefitLayer) -> str | None:
     taps = 1 if layer.kind in ("linear", "matmul") else math.prod(layer.module.kernel_size)
-    unknowns = len(layer.kept_in) * taps + (1 if _has_bias(layer) else 0)
+    unknowns = len(layer.kept_in) * taps + (1 if has_bias(layer) else 0)
     if unknowns > MAX_UNKNOWNS:
         return (f"{unknowns} unknowns per output: its normal equations would take "
                 f"{unknowns * unknowns * 8 / 2**30:.1f} GiB (the refit stops at {MAX_UNKNOWNS})")
@@ -119,7 +119,7 @@ def _bias_after(analysis: Analysis, node, bridge: TorchModel) -> tuple[str | Non
     return (other, view) if view is not None and view.scale == 1.0 and not view.transposed else (None, None)
 
 
-def _matmul_layer(analysis, node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitLayer:
+def matmul_layer(analysis, node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitLayer:
     weight = node.input[1]
     view, view0 = bridge.views.get(weight), original.views.get(weight)
     module, module0 = _module_writing(bridge, node.output[0]), _module_writing(original, node.output[0])
@@ -225,7 +225,7 @@ def capture_pair(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[
     return box["x"], box["y"]
 
 
-def _has_bias(layer: RefitLayer) -> bool:
+def has_bias(layer: RefitLayer) -> bool:
     if layer.kind == "matmul":
         return layer.bias_view is not None
     return getattr(layer.module, "bias", None) is not None
@@ -236,7 +236,7 @@ def _weight(layer: RefitLayer) -> torch.Tensor:
 
 
 def _bias(layer: RefitLayer) -> torch.Tensor | None:
-    if not _has_bias(layer):
+    if not has_bias(layer):
         return None
     return layer.bias_view.tensor if layer.kind == "matmul" else layer.module.bias
 
@@ -244,7 +244,7 @@ def _bias(layer: RefitLayer) -> torch.Tensor | None:
 def current_weights(layer: RefitLayer) -> torch.Tensor:
     """W0 in the solver's layout [G, K, O]: kept input positions (then the bias) by kept outputs."""
     w = _weight(layer).detach()
-    bias = _bias(layer).detach() if _has_bias(layer) else None
+    bias = _bias(layer).detach() if has_bias(layer) else None
     if layer.kind == "matmul":  # [in, out]
         rows = w[layer.kept_in][:, layer.kept_out]
         if bias is not None:
@@ -264,33 +264,33 @@ def current_weights(layer: RefitLayer) -> torch.Tensor:
 @torch.no_grad()
 def write_weights(layer: RefitLayer, W: torch.Tensor) -> None:
     w = _weight(layer)
-    has_bias = _has_bias(layer)
+    biased = has_bias(layer)
     W = W.to(w.dtype)
     if layer.kind == "matmul":
         W = W[0]
-        w[layer.kept_in[:, None], layer.kept_out[None, :]] = W[:-1] if has_bias else W
-        if has_bias:
+        w[layer.kept_in[:, None], layer.kept_out[None, :]] = W[:-1] if biased else W
+        if biased:
             _bias(layer)[layer.kept_out] = W[-1]
         return
     if layer.kind == "depthwise":
         W = W[:, :, 0]
-        taps = W[:, :-1] if has_bias else W
+        taps = W[:, :-1] if biased else W
         w[layer.kept_in] = taps.reshape(w[layer.kept_in].shape)
-        if has_bias:
+        if biased:
             layer.module.bias[layer.kept_in] = W[:, -1]
         return
     W = W[0]
-    taps = W[:-1] if has_bias else W
+    taps = W[:-1] if biased else W
     block = w[layer.kept_out][:, layer.kept_in]
     w[layer.kept_out[:, None], layer.kept_in[None, :]] = taps.T.reshape(block.shape)
-    if has_bias:
+    if biased:
         layer.module.bias[layer.kept_out] = W[-1]
 
 
 def rows_of(layer: RefitLayer, x: torch.Tensor, y: torch.Tensor, per_image: int | None, generator) -> tuple:
     """(X [rows, G, K], Y [rows, G, O]) for one batch: the layer's input x (pruned model) and the
     original's output y; conv positions sampled to `per_image` per image (None: all)."""
-    ones = _has_bias(layer)
+    ones = has_bias(layer)
     if layer.kind in ("linear", "matmul"):
         X = x.reshape(-1, x.shape[-1])[:, layer.kept_in]
         Y = y.reshape(-1, y.shape[-1])[:, layer.kept_out]

@@ -20,8 +20,10 @@ L1 is what the trained pipeline uses: there the training moves the weights after
 training, a channel with a large L1 norm may be one the next layer can rebuild from the others,
 and a small one may be irreplaceable; the residual says which.
 
-Groups with no consumer that can be measured (read only by grouped convs, MatMul, a graph output,
-or a consumer with more than MAX_UNKNOWNS unknowns, whose K x K matrix would not fit) keep L1.
+Groups with no consumer that can be measured (read only by grouped convs, MatMul between two
+activations, a graph output, or a consumer with more than MAX_UNKNOWNS unknowns, whose K x K matrix
+would not fit) keep L1. A MatMul with a constant weight (a transformer's Linear) is measured as the
+refit solves it, its following bias included.
 """
 
 from __future__ import annotations
@@ -35,14 +37,27 @@ from acc.passes.analysis import Analysis
 from acc.passes.channels import IN_WEIGHT
 from acc.prune.bridge import TorchModel
 from acc.prune.posttrain.normal_equations import NormalEquations
-from acc.prune.posttrain.refit import BATCH, RefitLayer, capture_pair, rows_of
+import numpy as np
+
+from acc.prune.posttrain.refit import BATCH, RefitLayer, has_bias, matmul_layer, capture_pair, rows_of
 
 MAX_UNKNOWNS = 5000  # a consumer's K x K float64 normal matrix: 200 MB at this size
 RIDGE = 1e-4  # relative to the mean diagonal: keeps A invertible where channels are collinear
 ROWS_PER_UNKNOWN = 16
 
 
-def _consumer_layer(node, module) -> RefitLayer | None:
+def _consumer_layer(analysis: Analysis, member, original: TorchModel) -> RefitLayer | None:
+    """The consumer reading `member` as the refit would solve it (all channels kept), or None when
+    the refit could not solve it."""
+    node = analysis.index.nodes[member.node]
+    view = original.views[member.initializer]
+    if node.op_type == "MatMul":
+        everything = np.ones(len(member.layout), dtype=bool)
+        layer = matmul_layer(analysis, node, member, everything, None, original, original)
+        return layer if layer.skip is None else None
+    if view.attr != "weight" or view.torch_axis(member.axis) != 1 and not isinstance(view.owner, nn.Linear):
+        return None
+    module = view.owner
     if isinstance(module, nn.Linear):
         kind = "linear"
         width_in, width_out = module.in_features, module.out_features
@@ -57,18 +72,18 @@ def _consumer_layer(node, module) -> RefitLayer | None:
 
 
 def _taps(layer: RefitLayer) -> int:
-    return 1 if layer.kind == "linear" else int(math.prod(layer.module.kernel_size))
+    return 1 if layer.kind in ("linear", "matmul") else int(math.prod(layer.module.kernel_size))
 
 
 def _unknowns(layer: RefitLayer) -> int:
-    return len(layer.kept_in) * _taps(layer) + (1 if layer.module.bias is not None else 0)
+    return len(layer.kept_in) * _taps(layer) + (1 if has_bias(layer) else 0)
 
 
 @torch.no_grad()
 def _normal_equations(layer: RefitLayer, model: nn.Module, data, seed: int) -> NormalEquations:
     k, o = _unknowns(layer), len(layer.kept_out)
     eq = NormalEquations(1, k, o)
-    per_image = None if layer.kind == "linear" else max(1, math.ceil(ROWS_PER_UNKNOWN * k / max(len(data), 1)))
+    per_image = None if layer.kind in ("linear", "matmul") else max(1, math.ceil(ROWS_PER_UNKNOWN * k / max(len(data), 1)))
     generator = torch.Generator().manual_seed(seed)
     for x, _ in data.batches(BATCH):
         inp, out = capture_pair(model, layer.module, x)
@@ -156,10 +171,7 @@ def reconstruction_rankings(analysis: Analysis, original: TorchModel, data, grou
                 m = analysis.members[mi]
                 if m.role != IN_WEIGHT or m.initializer not in original.views:
                     continue
-                view = original.views[m.initializer]
-                if view.attr != "weight" or view.torch_axis(m.axis) != 1 and not isinstance(view.owner, nn.Linear):
-                    continue
-                layer = _consumer_layer(m.node, view.owner)
+                layer = _consumer_layer(analysis, m, original)
                 if layer is None or _unknowns(layer) > MAX_UNKNOWNS:
                     continue
                 if m.node not in cache:
