@@ -79,14 +79,36 @@ def onnx_counts(net, tmp: Path):
     return count(import_model(path))
 
 
-def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch, lr, device, tmp, seed=0):
+def finetune_torch(net, model_path, data, epochs, limit, test_limit, batch, lr, device, seed=0) -> dict:
+    """Fine-tune a peer's torch model with acc's own trainer and data (same images, epochs, learning
+    rate and test split as acc gets); test accuracy of the original ONNX and of `net` after."""
     import torch
 
     from acc.prune.admm import TrainConfig, Trainer
+    from acc.prune.bridge import TorchModel
     from acc.prune.constraints import ConstraintSet
     from acc.prune.objective import Objective, evaluate
     from acc.prune.pipeline import PruneOptions, load_training_data
     from acc.prune.rates import Rates
+
+    torch.manual_seed(seed)
+    options = PruneOptions(rates=Rates(), train=TrainConfig(seed=seed), limit=limit, test_limit=test_limit)
+    train, val, test, _ = load_training_data(data, model_path, options, (1, 3, 32, 32))
+    dev = torch.device(device)
+    net.to(dev)
+    train, val, test = train.to(dev), val.to(dev), test.to(dev)
+    objective = Objective()
+    original = TorchModel(import_model(model_path)).module.to(dev)
+    acc_before = evaluate(original, test, objective)["accuracy"]
+    tensors = {n: p for n, p in net.named_parameters()}
+    trainer = Trainer(net, ConstraintSet([], []), tensors, train, val, objective,
+                      TrainConfig(admm_epochs=0, finetune_epochs=epochs, batch_size=batch, finetune_lr=lr, seed=seed))
+    trainer.run()
+    return {"accuracy_before": acc_before, "accuracy_after": evaluate(net, test, objective)["accuracy"]}
+
+
+def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch, lr, device, tmp, seed=0):
+    import torch
 
     tp = torch_pruning()
     base = trained_resnet20(model_path)
@@ -109,22 +131,9 @@ def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch
         else:
             hi = mid
     net = pruned(hi)
-    torch.manual_seed(seed)
-    options = PruneOptions(rates=Rates(), train=TrainConfig(seed=seed), limit=limit, test_limit=test_limit)
-    train, val, test, _ = load_training_data(data, model_path, options, (1, 3, 32, 32))
-    dev = torch.device(device)
-    net.to(dev)
-    train, val, test = train.to(dev), val.to(dev), test.to(dev)
-    objective = Objective()
-    acc_before = evaluate(trained_resnet20(model_path).to(dev), test, objective)["accuracy"]
-    tensors = {n: p for n, p in net.named_parameters()}
-    trainer = Trainer(net, ConstraintSet([], []), tensors, train, val, objective,
-                      TrainConfig(admm_epochs=0, finetune_epochs=epochs, batch_size=batch, finetune_lr=lr, seed=seed))
-    trainer.run()
+    accuracy = finetune_torch(net, model_path, data, epochs, limit, test_limit, batch, lr, device, seed)
     after = onnx_counts(net.cpu(), tmp)
-    net.to(dev)
-    return {"accuracy_before": acc_before, "accuracy_after": evaluate(net, test, objective)["accuracy"],
-            "params_before": before, "params_after": after.params, "flops_before": base_counts.flops,
+    return {**accuracy, "params_before": before, "params_after": after.params, "flops_before": base_counts.flops,
             "flops_after": after.flops, "global_ratio": hi}
 
 
