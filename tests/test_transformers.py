@@ -301,7 +301,7 @@ def test_cli_prune_embedding_flag_writes_a_smaller_model(exported, tmp_path, cap
         numpy_helper.to_array(t).size for t in onnx.load(str(path)).graph.initializer)
 
 
-@pytest.mark.parametrize("name, dynamo", [("vit", False), ("vit_timm", True), ("bert", False)])
+@pytest.mark.parametrize("name, dynamo", [("vit", False), ("vit_timm", True), ("vit_sdpa", True), ("bert", False)])
 def test_bridge_runs_the_encoder_at_a_training_batch(exported, name, dynamo):
     """The torch bridge (what `acc prune` trains) computes the exported model at a batch other than
     the import's 1: the class token, folded at batch 1, is broadcast to the batch again."""
@@ -362,7 +362,7 @@ def test_cost_model_counts_attention_matmuls_by_kept_heads(exported, dynamo):
     assert abs(predicted - actual) <= 0.01 * actual, (predicted, actual)
 
 
-@pytest.mark.parametrize("name, dynamo", [("vit", False), ("vit_timm", True)])
+@pytest.mark.parametrize("name, dynamo", [("vit", False), ("vit_sdpa", True)])
 def test_refit_solves_each_matmul_linear_with_its_bias(exported, name, dynamo):
     """The refit after a cut covers a transformer's Linears as exported (x @ W, then Add of a constant
     bias): the MLP's second layer and the attention output projection read pruned channels and are

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
 
@@ -158,6 +159,41 @@ def _convert_concat(node, graph):
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
 
+class BatchReshape(nn.Module):
+    """ONNX Reshape (zeros copy the input's dims unless allowzero). A constant target shape that was
+    written at batch 1 (an exporter folds the batch of its example into the constant, as the dynamo
+    exporter does inside scaled_dot_product_attention) keeps its per-sample shape at training batch
+    sizes: its leading 1 becomes the number of samples the input holds (its element count over the
+    batch-1 shape's, or with a -1 the input's own batch). At batch 1 it is plain Reshape."""
+
+    def __init__(self, allowzero: bool, constant: bool):
+        super().__init__()
+        self.allowzero, self.constant = allowzero, constant
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        dims = [int(d) for d in shape.tolist()]
+        if not self.allowzero:
+            dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+        if self.constant and dims and dims[0] == 1:
+            if -1 not in dims:  # N times the batch-1 elements: N samples (the batch may be merged with heads before)
+                total = math.prod(dims)
+                if total and x.numel() != total and x.numel() % total == 0:
+                    dims[0] = x.numel() // total
+            elif x.dim() and x.shape[0] > 1 and x.numel() % x.shape[0] == 0:
+                rest = math.prod(d for d in dims[1:] if d != -1)
+                if rest and (x.numel() // x.shape[0]) % rest == 0:
+                    dims[0] = x.shape[0]
+        return torch.reshape(x, dims)
+
+
+def _convert_reshape(node, graph):
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    constant = len(node.input_values) > 1 and node.input_values[1] in graph.initializers
+    module = BatchReshape(bool(node.attributes.get("allowzero", 0)), constant)
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
 def _convert_gelu(node, graph):
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 
@@ -192,7 +228,7 @@ def _resize_v18(resize_v13):
 
 def _add_newer_ops() -> None:
     """Split 18 (num_outputs), Gelu 20, Resize 18/19: what the dynamo exporter writes at opset 20;
-    Concat with batch-1 constants (BatchConcat)."""
+    Concat and Reshape with batch-1 constants (BatchConcat, BatchReshape)."""
     from onnx2torch.node_converters import registry
 
     table, desc = registry._CONVERTER_REGISTRY, registry.OperationDescription
@@ -200,6 +236,8 @@ def _add_newer_ops() -> None:
         table.setdefault(desc(defs.ONNX_DOMAIN, "Split", version), _convert_split_v18)
     for version in (4, 11, 13):
         table[desc(defs.ONNX_DOMAIN, "Concat", version)] = _convert_concat
+    for version in _versions_since("Reshape", 5):
+        table[desc(defs.ONNX_DOMAIN, "Reshape", version)] = _convert_reshape
     for version in _versions_since("Gelu", 20):
         table.setdefault(desc(defs.ONNX_DOMAIN, "Gelu", version), _convert_gelu)
     resize_v13 = table[desc(defs.ONNX_DOMAIN, "Resize", 13)]
