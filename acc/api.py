@@ -140,6 +140,7 @@ def prune(
     key: str | None = None,
     recover_cut: int = CUT_RECOVERY_IMAGES,
     cut_ranking: bool = False,
+    keep_best: bool = True,
     log=print,
 ):
     """ADMM structured pruning with given rates (a rates JSON path or dict, or `uniform`), then
@@ -156,7 +157,10 @@ def prune(
     `recover_cut` N: right after the hard prune, the cut layers are refitted by least squares on N
     training images and BatchNorm re-estimated (acc.prune.posttrain.after_cut; 0: none);
     `cut_ranking=True` makes a one-shot cut take the channels the refit best makes up for instead
-    of the largest norms (measured: a tie at 2x, 3 points worse at 4x after one epoch)."""
+    of the largest norms (measured: a tie at 2x, 3 points worse at 4x after one epoch).
+    `keep_best` (default): fine-tuning ends on the state with the lowest validation loss among the
+    recovered cut and every fine-tuning epoch (the history's `keep_best` record says when that is
+    not the last epoch); False: on the last epoch."""
     from acc.backends import latency_device
     from acc.errors import InputError
     from acc.prune.admm import TrainConfig
@@ -192,7 +196,7 @@ def prune(
         admm_epochs=choice["admm_epochs"], admm_iters=admm_iters, finetune_epochs=choice["finetune_epochs"],
         batch_size=batch_size, lr=lr, finetune_lr=lr if finetune_lr is None else finetune_lr, rho=rho,
         rho_mult=rho_mult, seed=seed, admm_mode=admm_mode, schedule=schedule, warmup=warmup,
-        decay_norm_and_bias=decay_norm_and_bias,
+        decay_norm_and_bias=decay_norm_and_bias, keep_best=keep_best,
     )
 
     def choose(analysis):  # --round-to K: every group rate moved to a width that is a multiple of K

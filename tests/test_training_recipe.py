@@ -156,3 +156,23 @@ def test_bad_recipe_options_are_one_line_errors(tiny, data, tmp_path, capsys, co
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_fine_tuning_ends_on_its_best_validated_state(tiny, data, keep_best):
+    """A learning rate that wrecks the model: with keep_best (the default) the run ends on the cut
+    as recovered, the lowest validation loss it saw, and says so; without, on the wrecked last epoch."""
+    r = api.prune(tiny, data, uniform=0.5, epochs=0, finetune_epochs=2, admm="off", finetune_lr=50.0,
+                  recover_cut=64, keep_best=keep_best, **FAST).report
+    history = r["history"]
+    cut = next(h for h in history if h["phase"] == "hard_prune")
+    epochs = [h for h in history if h["phase"] == "finetune"]
+    assert min(h["val_loss"] for h in epochs) > cut["val_loss_recovered"]  # fine-tuning only made it worse
+    final = r["accuracy_after"]["val"]["loss"]
+    if keep_best:
+        assert [h for h in history if h["phase"] == "keep_best"] == [
+            {"phase": "keep_best", "epoch": 0, "val_loss": cut["val_loss_recovered"], "val_loss_last": epochs[-1]["val_loss"]}]
+        assert final == pytest.approx(cut["val_loss_recovered"], rel=1e-4)
+    else:
+        assert not any(h["phase"] == "keep_best" for h in history)
+        assert final == pytest.approx(epochs[-1]["val_loss"], rel=1e-4)
