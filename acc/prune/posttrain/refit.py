@@ -151,7 +151,7 @@ def _layer(node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitL
     kept_out = (torch.from_numpy(kept_out_mask).nonzero().flatten() if kept_out_mask is not None
                 else torch.arange(out_width))
     layer = RefitLayer(node.name, node.op_type, weight, module, view0.owner if view0 is not None else None, kept_in, kept_out)
-    layer.kind, layer.skip = _kind(node, module, view)
+    layer.kind, layer.skip = layer_kind(node, module, view)
     if layer.skip is None and layer.kind != "depthwise" and view.torch_axis(reads.axis) != 1:
         layer.skip = "its weight's input axis is not torch's axis 1"
     if layer.skip is None and layer.kind != "depthwise":
@@ -160,7 +160,7 @@ def _layer(node, reads, kept_in_mask, kept_out_mask, bridge, original) -> RefitL
 
 
 
-def _kind(node, module, view) -> tuple[str, str | None]:
+def layer_kind(node, module, view) -> tuple[str, str | None]:
     if node.op_type == "MatMul" or module is None or view.attr != "weight":
         return "", f"{node.op_type}: only Conv and Gemm layers are refitted"
     if isinstance(module, nn.Linear):

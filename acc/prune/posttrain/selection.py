@@ -39,7 +39,7 @@ from acc.prune.bridge import TorchModel
 from acc.prune.posttrain.normal_equations import NormalEquations
 import numpy as np
 
-from acc.prune.posttrain.refit import BATCH, RefitLayer, has_bias, matmul_layer, capture_pair, rows_of
+from acc.prune.posttrain.refit import BATCH, RefitLayer, capture_pair, has_bias, layer_kind, matmul_layer, rows_of
 
 MAX_UNKNOWNS = 5000  # a consumer's K x K float64 normal matrix: 200 MB at this size
 RIDGE = 1e-4  # relative to the mean diagonal: keeps A invertible where channels are collinear
@@ -55,20 +55,14 @@ def _consumer_layer(analysis: Analysis, member, original: TorchModel) -> RefitLa
         everything = np.ones(len(member.layout), dtype=bool)
         layer = matmul_layer(analysis, node, member, everything, None, original, original)
         return layer if layer.skip is None else None
-    if view.attr != "weight" or view.torch_axis(member.axis) != 1 and not isinstance(view.owner, nn.Linear):
+    kind, skip = layer_kind(node, view.owner, view)
+    # A depthwise consumer loses its own output with an input channel: not a column drop of its solve.
+    if skip is not None or kind not in ("conv", "linear") or view.torch_axis(member.axis) != 1 and kind != "linear":
         return None
     module = view.owner
-    if isinstance(module, nn.Linear):
-        kind = "linear"
-        width_in, width_out = module.in_features, module.out_features
-    elif isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" \
-            and not isinstance(module.padding, str):
-        kind = "conv"
-        width_in, width_out = module.in_channels, module.out_channels
-    else:
-        return None
-    layer = RefitLayer(node, "", "", module, module, torch.arange(width_in), torch.arange(width_out), kind)
-    return layer
+    width_in, width_out = (module.in_features, module.out_features) if kind == "linear" else (module.in_channels, module.out_channels)
+    return RefitLayer(node.name, node.op_type, member.initializer, module, module, torch.arange(width_in),
+                      torch.arange(width_out), kind)
 
 
 def _taps(layer: RefitLayer) -> int:
