@@ -35,12 +35,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 import record  # noqa: E402
-from compile_cifar10 import finetune_torch, seed_summary, torch_pruning  # noqa: E402
+from compile_cifar10 import finetune_torch, onnx_counts, seed_summary, torch_pruning  # noqa: E402
 
 from acc import api  # noqa: E402
 from acc.format import table  # noqa: E402
-from acc.passes.counting import count  # noqa: E402
-from acc.passes.importer import import_model  # noqa: E402
 from models.vit import Attention, vit  # noqa: E402
 
 TRAINED = ROOT / "benchmarks" / ".work" / "trained"
@@ -62,15 +60,6 @@ def trained_vit(weights: Path) -> torch.nn.Module:
     net = vit()
     net.load_state_dict(torch.load(weights, map_location="cpu"))
     return net.eval()
-
-
-def onnx_counts(net, tmp: Path):
-    path = tmp / "tp_vit.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (torch.randn(1, 3, 32, 32),), str(path), input_names=["input"],
-                          output_names=["logits"], opset_version=17, do_constant_folding=False, dynamo=False)
-    return count(import_model(path))
 
 
 def tp_pruned(base, ratio: float):
