@@ -86,12 +86,21 @@ def layers_to_refit(analysis: Analysis, plan: Plan, bridge: TorchModel, original
     return layers
 
 
+def taps(layer: RefitLayer) -> int:
+    """Weights per input channel and output of a conv/linear/matmul layer (the kernel's size)."""
+    return 1 if layer.kind in ("linear", "matmul") else int(math.prod(layer.module.kernel_size))
+
+
+def unknowns(layer: RefitLayer) -> int:
+    """Unknowns per output of a conv/linear/matmul layer's solve: kept inputs x taps, and the bias."""
+    return len(layer.kept_in) * taps(layer) + (1 if has_bias(layer) else 0)
+
+
 def _too_many_unknowns(layer: RefitLayer) -> str | None:
-    taps = 1 if layer.kind in ("linear", "matmul") else math.prod(layer.module.kernel_size)
-    unknowns = len(layer.kept_in) * taps + (1 if has_bias(layer) else 0)
-    if unknowns > MAX_UNKNOWNS:
-        return (f"{unknowns} unknowns per output: its normal equations would take "
-                f"{unknowns * unknowns * 8 / 2**30:.1f} GiB (the refit stops at {MAX_UNKNOWNS})")
+    count = unknowns(layer)
+    if count > MAX_UNKNOWNS:
+        return (f"{count} unknowns per output: its normal equations would take "
+                f"{count * count * 8 / 2**30:.1f} GiB (the refit stops at {MAX_UNKNOWNS})")
     return None
 
 
@@ -180,49 +189,37 @@ class _Captured(Exception):
     pass
 
 
-def capture(model: nn.Module, module: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor:
-    """The input (output=False) or the output of `module` when `model` runs on `x`; the forward pass
-    stops there."""
+def _run_to(model: nn.Module, module: nn.Module, x: torch.Tensor, before: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(input, output) of `module` when `model` runs on `x`; the forward pass stops there, before
+    the module runs (output None) or right after it."""
     box = {}
 
-    def on_input(_, inputs):
-        box["t"] = inputs[0]
+    def hook(_, inputs, out=None):
+        box["x"], box["y"] = inputs[0], out
         raise _Captured
 
-    def on_output(_, inputs, out):
-        box["t"] = out
-        raise _Captured
-
-    handle = module.register_forward_hook(on_output) if output else module.register_forward_pre_hook(on_input)
+    handle = module.register_forward_pre_hook(hook) if before else module.register_forward_hook(hook)
     try:
         model(x)
     except _Captured:
         pass
     finally:
         handle.remove()
-    if "t" not in box:
+    if "x" not in box:
         raise RuntimeError("the layer was not reached by the forward pass")
-    return box["t"]
+    return box["x"], box["y"]
+
+
+def capture(model: nn.Module, module: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor:
+    """The input (output=False) or the output of `module` when `model` runs on `x`; the forward pass
+    stops there."""
+    inp, out = _run_to(model, module, x, before=not output)
+    return out if output else inp
 
 
 def capture_pair(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The input and the output of `module` when `model` runs on `x`, in one pass stopped there."""
-    box = {}
-
-    def on_output(_, inputs, out):
-        box["x"], box["y"] = inputs[0], out
-        raise _Captured
-
-    handle = module.register_forward_hook(on_output)
-    try:
-        model(x)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if "y" not in box:
-        raise RuntimeError("the layer was not reached by the forward pass")
-    return box["x"], box["y"]
+    return _run_to(model, module, x, before=False)
 
 
 def has_bias(layer: RefitLayer) -> bool:
@@ -274,15 +271,15 @@ def write_weights(layer: RefitLayer, W: torch.Tensor) -> None:
         return
     if layer.kind == "depthwise":
         W = W[:, :, 0]
-        taps = W[:, :-1] if biased else W
-        w[layer.kept_in] = taps.reshape(w[layer.kept_in].shape)
+        kernel = W[:, :-1] if biased else W
+        w[layer.kept_in] = kernel.reshape(w[layer.kept_in].shape)
         if biased:
             layer.module.bias[layer.kept_in] = W[:, -1]
         return
     W = W[0]
-    taps = W[:-1] if biased else W
+    kernel = W[:-1] if biased else W
     block = w[layer.kept_out][:, layer.kept_in]
-    w[layer.kept_out[:, None], layer.kept_in[None, :]] = taps.T.reshape(block.shape)
+    w[layer.kept_out[:, None], layer.kept_in[None, :]] = kernel.T.reshape(block.shape)
     if biased:
         layer.module.bias[layer.kept_out] = W[-1]
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,9 +38,7 @@ from acc.passes.analysis import Analysis
 from acc.passes.channels import IN_WEIGHT
 from acc.prune.bridge import TorchModel
 from acc.prune.posttrain.normal_equations import NormalEquations
-import numpy as np
-
-from acc.prune.posttrain.refit import BATCH, RefitLayer, capture_pair, has_bias, layer_kind, matmul_layer, rows_of
+from acc.prune.posttrain.refit import BATCH, RefitLayer, capture_pair, layer_kind, matmul_layer, rows_of, taps, unknowns
 
 MAX_UNKNOWNS = 5000  # a consumer's K x K float64 normal matrix: 200 MB at this size
 RIDGE = 1e-4  # relative to the mean diagonal: keeps A invertible where channels are collinear
@@ -65,17 +64,9 @@ def _consumer_layer(analysis: Analysis, member, original: TorchModel) -> RefitLa
                       torch.arange(width_out), kind)
 
 
-def _taps(layer: RefitLayer) -> int:
-    return 1 if layer.kind in ("linear", "matmul") else int(math.prod(layer.module.kernel_size))
-
-
-def _unknowns(layer: RefitLayer) -> int:
-    return len(layer.kept_in) * _taps(layer) + (1 if has_bias(layer) else 0)
-
-
 @torch.no_grad()
 def _normal_equations(layer: RefitLayer, model: nn.Module, data, seed: int) -> NormalEquations:
-    k, o = _unknowns(layer), len(layer.kept_out)
+    k, o = unknowns(layer), len(layer.kept_out)
     eq = NormalEquations(1, k, o)
     per_image = None if layer.kind in ("linear", "matmul") else max(1, math.ceil(ROWS_PER_UNKNOWN * k / max(len(data), 1)))
     generator = torch.Generator().manual_seed(seed)
@@ -137,11 +128,11 @@ class _Consumer:
 
 def _columns(layer: RefitLayer, channel_at: torch.Tensor) -> dict[int, torch.Tensor]:
     """Group channel -> the consumer's unknown columns it feeds (input position p: p*taps ... )."""
-    taps = _taps(layer)
+    width = taps(layer)
     out: dict[int, list] = {}
     for p, j in enumerate(channel_at.tolist()):
         if j >= 0:
-            out.setdefault(j, []).extend(range(p * taps, (p + 1) * taps))
+            out.setdefault(j, []).extend(range(p * width, (p + 1) * width))
     return {j: torch.tensor(c) for j, c in out.items()}
 
 
@@ -166,7 +157,7 @@ def reconstruction_rankings(analysis: Analysis, original: TorchModel, data, grou
                 if m.role != IN_WEIGHT or m.initializer not in original.views:
                     continue
                 layer = _consumer_layer(analysis, m, original)
-                if layer is None or _unknowns(layer) > MAX_UNKNOWNS:
+                if layer is None or unknowns(layer) > MAX_UNKNOWNS:
                     continue
                 if m.node not in cache:
                     cache[m.node] = _normal_equations(layer, module, data, seed)
