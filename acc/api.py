@@ -293,6 +293,7 @@ def compile(  # noqa: A001 - the verb users know
     latency_cache: str | os.PathLike | None = None,
     latency_check: bool = True,
     recover_cut: int = CUT_RECOVERY_IMAGES,
+    keep_best: bool = True,
     log=print,
 ):
     """The whole AutoCompress pipeline (see acc.autocompress). Returns a CompileResult whose
@@ -310,7 +311,8 @@ def compile(  # noqa: A001 - the verb users know
     TVM library ("onnxruntime": none) and times the result against the original there (`rpc`, or
     `tracker` and `key`, reach a device); `metric="latency"` counts milliseconds on that target from
     a per-layer table timed there and cached under `latency_cache` (default ~/.cache/acc/latency);
-    `latency_check` times the result against the original on onnxruntime when there is no target."""
+    `latency_check` times the result against the original on onnxruntime when there is no target;
+    `recover_cut` and `keep_best` as for `prune`, in every round."""
     import math
 
     from acc.autocompress import CompileOptions, compile_model, parse_rate
@@ -346,7 +348,7 @@ def compile(  # noqa: A001 - the verb users know
                              round_to=round_to, admm=admm, rpc=rpc, tracker=tracker, key=key,
                              tune_db=str(tune_db) if tune_db else None,
                              latency_cache=str(latency_cache) if latency_cache else None, latency_check=latency_check,
-                             **recipe)
+                             keep_best=keep_best, **recipe)
     return compile_model(model, data, output, options, log=log)
 
 

@@ -176,3 +176,36 @@ def test_fine_tuning_ends_on_its_best_validated_state(tiny, data, keep_best):
     else:
         assert not any(h["phase"] == "keep_best" for h in history)
         assert final == pytest.approx(epochs[-1]["val_loss"], rel=1e-4)
+
+
+def test_cli_last_epoch_ends_fine_tuning_on_its_last_epoch(tiny, data, tmp_path):
+    """--last-epoch reaches the trainer: with a wrecking learning rate, no keep_best record; without
+    the flag, there is one."""
+    import json
+
+    report = tmp_path / "r.json"
+    args = ["prune", str(tiny), "--data", str(data), "--uniform", "0.5", "-o", str(tmp_path / "o.onnx"), "--epochs", "0",
+            "--finetune-epochs", "2", "--admm", "off", "--finetune-lr", "50", "--recover-cut", "64",
+            "--batch-size", "32", "--no-progress", "--report", str(report)]
+    for flag, kept in (["--last-epoch"], False), ([], True):
+        assert main(args + flag) == 0
+        assert any(h["phase"] == "keep_best" for h in json.loads(report.read_text())["history"]) == kept
+
+
+@pytest.mark.parametrize("flag, keep_best", [(["--last-epoch"], False), ([], True)])
+def test_compile_passes_last_epoch_to_every_round(tiny, data, tmp_path, monkeypatch, flag, keep_best):
+    import acc.autocompress
+
+    class Reached(Exception):
+        pass
+
+    seen = {}
+
+    def compile_model(model, data, output, options, log):
+        seen["keep_best"] = options.keep_best
+        raise Reached
+
+    monkeypatch.setattr(acc.autocompress, "compile_model", compile_model)
+    with pytest.raises(Reached):
+        main(["compile", str(tiny), "--rate", "1.5x", "--data", str(data), "-o", str(tmp_path / "out"), "--no-progress", *flag])
+    assert seen == {"keep_best": keep_best}

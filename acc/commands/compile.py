@@ -90,6 +90,7 @@ def run(args) -> int:
         input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
         distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm,
         rpc=args.rpc, tracker=args.tracker, key=args.key, tune_db=args.tune_db, recover_cut=args.recover_cut,
+        keep_best=args.keep_best,
     )
     if not result.report:  # a rank other than 0: rank 0 reports
         return 0

@@ -101,6 +101,9 @@ def add_training_recipe(parser) -> None:
     parser.add_argument("--recover-cut", type=int, default=CUT_RECOVERY_IMAGES, metavar="N",
                         help="right after the hard prune, refit the cut layers by least squares on N training images and "
                         f"re-estimate BatchNorm, before fine-tuning (default {CUT_RECOVERY_IMAGES}; 0: fine-tune the cut as it is)")
+    parser.add_argument("--last-epoch", dest="keep_best", action="store_false",
+                        help="end fine-tuning on its last epoch (default: on the state with the lowest validation loss "
+                        "among the recovered cut and the epochs)")
 
 
 def add_device(parser) -> None:

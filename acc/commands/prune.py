@@ -94,7 +94,7 @@ def run(args) -> int:
         purify=args.purify, purify_tolerance=args.purify_tolerance,
         distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm, round_to=args.round_to,
         finetune_small=not args.finetune_masked, target=args.target, rpc=args.rpc, tracker=args.tracker, key=args.key,
-        recover_cut=args.recover_cut,
+        recover_cut=args.recover_cut, keep_best=args.keep_best,
     )
     if result.report is None:  # a rank other than 0: rank 0 reports
         return 0
