@@ -155,7 +155,7 @@ class Objective:
     """`objective(module(x), x, labels)`: the loss of one batch (see the module docstring).
     `kinds`: per output, from `output_kinds(model)`; None decides by rank at run time."""
 
-    def __init__(self, teacher: torch.nn.Module | None = None, use_labels: bool = True,
+    def __init__(self, teacher=None, use_labels: bool = True,
                  temperature: float = DISTILL_TEMPERATURE, kinds: list[str | None] | None = None,
                  distill_weight: float = 0.0):
         self.teacher = teacher
@@ -163,7 +163,7 @@ class Objective:
         self.temperature = temperature
         self.kinds = kinds
         self.distill_weight = distill_weight  # distillation's share of the labelled output's term
-        if teacher is not None:
+        if isinstance(teacher, torch.nn.Module):  # else a callable that needs no gradients (acc.prune.teacher)
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)

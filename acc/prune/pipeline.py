@@ -40,6 +40,7 @@ from acc.passes.verify import verify_equal
 from acc.prune import checkpoint as ckpt
 from acc.prune import distributed
 from acc.prune.admm import TrainConfig, Trainer
+from acc.prune.teacher import teacher_for
 from acc.data.tensor_data import TensorData
 from acc.prune.bridge import TorchModel
 from acc.prune.cost import kept_channels
@@ -176,14 +177,12 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     teacher = None
     if needs_teacher:
         teacher_graph = model if options.teacher_model is None else normalize(load_model(options.teacher_model), options.input_shapes)
-        teacher = TorchModel(teacher_graph).module
+        teacher = teacher_for(teacher_graph, TorchModel(teacher_graph).module, distributed.rank_device(options.device))
     objective = Objective(teacher, use_labels=use_labels, kinds=kinds, temperature=options.temperature,
                           distill_weight=options.distill_weight)
     constraints = build_constraints(analysis, bridge, options.rates, options.criterion)
     device = torch.device(distributed.rank_device(options.device))
     bridge.to(device)
-    if teacher is not None:
-        teacher.to(device)
     train, val = train.to(device), val.to(device)
     test = None if test is None else test.to(device)
     tensors = bridge.tensors

@@ -37,6 +37,7 @@ from acc.prune.bridge import TorchModel
 from acc.prune.cost import CostModel
 from acc.prune.objective import Objective, output_kinds
 from acc.prune.search import OneShotScorer, SearchConfig, keep_counts
+from acc.prune.teacher import teacher_for
 
 RAY_HINT = "pip install 'acc[ray]'"
 LOCAL = "local"  # --ray without an address: start a Ray cluster on this machine
@@ -63,7 +64,10 @@ class ScorerInputs:
         analysis = analyze(model)
         dev = torch.device(device)
         bridge = TorchModel(model).to(dev)
-        teacher = None if self.teacher is None else TorchModel(onnx.load_from_string(self.teacher)).module.to(dev)
+        teacher = None
+        if self.teacher is not None:
+            graph = onnx.load_from_string(self.teacher)
+            teacher = teacher_for(graph, TorchModel(graph).module, dev)
         objective = Objective(teacher, use_labels=self.use_labels, kinds=output_kinds(model))
         return OneShotScorer(analysis, bridge, objective, self.val.to(dev),
                              self.calibration.to(dev), self.config,

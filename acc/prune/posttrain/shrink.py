@@ -25,6 +25,7 @@ from acc.passes.rewrite import rewrite
 from acc.passes.shrink import ShrinkResult, given_counts
 from acc.passes.verify import verify_equal
 from acc.prune.bridge import TorchModel
+from acc.prune.teacher import teacher_for
 from acc.prune.objective import Objective, output_kinds
 from acc.prune.pipeline import resolve_input
 from acc.prune.posttrain.allocate import search_rates
@@ -89,7 +90,7 @@ def post_training_shrink(model_path: str | os.PathLike, data, options: PostTrain
     log("calibration images: " + ", ".join(f"{v} {k}" for k, v in calib.sizes().items()))
     kinds = output_kinds(model)
     bridge, original = TorchModel(model), TorchModel(model)
-    objective = Objective(original.module, use_labels=False, kinds=kinds)
+    objective = Objective(teacher_for(model, original.module, "cpu"), use_labels=False, kinds=kinds)
     config = options.search
     scorer = CalibratedScorer(analysis, bridge, objective, calib.validate, calib.estimate, config, cost=cost)
     if options.selection == "reconstruction":
