@@ -25,6 +25,7 @@ import onnx
 
 from acc import atomic
 from acc.backends import latency_device
+from acc.data.splits import reuse_decoded
 from acc.errors import AccError, InputError
 from acc.passes.analysis import analyze
 from acc.passes.counting import count
@@ -143,6 +144,7 @@ class _SearchProgress:
 
 def compile_model(model_path, data, out_dir, options: CompileOptions, log=print) -> CompileResult:
     with ExitStack() as resources:  # what the run opens on the way (a Ray cluster) is closed at its end
+        resources.enter_context(reuse_decoded())  # every round reads the same images: decode them once
         return _compile_model(model_path, data, out_dir, options, log, resources)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from acc.data import Preprocess, load_dataset, resolve_preprocess
 from acc.data.cifar_pack import read_pack, write_pack
-from acc.data.splits import open_splits
+from acc.data.splits import open_splits, reuse_decoded
 from acc.errors import InputError
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10"
@@ -169,6 +169,32 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
     assert not pixels(train) & pixels(validation)
     _, other, _ = _splits(tmp_path / "set.npz", pre, seed=2, validation_fraction=0.2)
     assert pixels(other) != pixels(validation)
+
+
+def test_a_compile_run_decodes_the_same_images_once(tmp_path, monkeypatch):
+    from acc.data.stream import StreamData
+
+    images = random_images(40)
+    np.savez(tmp_path / "set.npz", inputs=images, labels=np.arange(40) % 10)
+    pre = Preprocess(augment="none")
+    decodes = []
+    decode = StreamData.in_memory
+    monkeypatch.setattr(StreamData, "in_memory", lambda self: decodes.append(len(self)) or decode(self))
+
+    def train(**options):
+        return open_splits(tmp_path / "set.npz", pre, (1, 3, 8, 8), **options)[0]
+
+    with reuse_decoded():
+        first, again = train(seed=1, limit=30), train(seed=1, limit=30)
+        assert decodes == [30]
+        with reuse_decoded():  # a nested block shares the outer one's images
+            train(seed=1, limit=30)
+        assert decodes == [30]
+        train(seed=2, limit=30)  # another sample is decoded
+        assert decodes == [30, 30]
+    after = train(seed=1, limit=30)  # outside the block every call decodes
+    assert decodes == [30, 30, 30]
+    assert torch.equal(first.inputs, again.inputs) and torch.equal(first.inputs, after.inputs)
 
 
 def test_demo_sample_is_balanced():

@@ -7,11 +7,15 @@ uint8 at the model's size, or the imagenet evaluation cover) fit `cache_mb`, eve
 decoded once into TensorData (the fast path: vectorised augmentation, no worker processes);
 otherwise the splits stream through DataLoader workers (StreamData). Both give the same batches
 for the cifar, resize and none presets. `describe()` of the training data says which was taken.
+
+Inside `reuse_decoded()` (a compile run holds it open) a split decoded once is reused by every later
+open_splits of the same images: each round's pruning and search, and every round's test split.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -26,6 +30,27 @@ from acc.errors import InputError
 
 DEFAULT_CACHE_MB = 1024.0
 MB = 1 << 20
+_decoded: dict | None = None  # (what was read) -> TensorData, while reuse_decoded() is open
+
+
+@contextmanager
+def reuse_decoded():
+    """Within the block, open_splits decodes the same images once (nested blocks share the outer one's)."""
+    global _decoded
+    outer = _decoded
+    _decoded = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _decoded = outer
+
+
+def _in_memory(data: StreamData, key) -> "TensorData":
+    if _decoded is None:
+        return data.in_memory()
+    if key not in _decoded:
+        _decoded[key] = data.in_memory()
+    return _decoded[key]
 
 
 def stored_bytes(view: View, item: np.ndarray) -> int:
@@ -101,8 +126,9 @@ def open_splits(
     in_memory = decoded_mb <= cache_mb
     workers = full.workers
     if in_memory:
-        full = full.in_memory()
-        test = None if test is None else test.in_memory()
+        where = (os.fspath(path), repr(view), tuple(input_shape))
+        full = _in_memory(full, ("train", *where, indices.tobytes()))
+        test = None if test is None else _in_memory(test, ("test", *where, test.indices.tobytes()))
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
     n_val = min(max(1, round(validation_fraction * len(full))), len(full) - 1)
     train, val = full.subset(order[n_val:].sort().values), full.subset(order[:n_val].sort().values)
