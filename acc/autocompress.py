@@ -41,7 +41,7 @@ from acc.prune.pipeline import PruneOptions, load_training_data, prune, resolve_
 from acc.prune.rates import Rates, check_round_to, layer_schemes
 from acc.prune.scoring import RayCluster, ScorerInputs, open_scoring
 from acc.prune.search import (Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, fit_budget, max_reduction,
-                              to_rates)
+                              round_pass_cost, to_rates)
 
 
 def parse_rate(text: str | float) -> float:
@@ -379,8 +379,10 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
         rates = Guidance(analysis, cost, search_cfg).uniform(goal, options.metric)
         return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg),
                        "seconds": time.time() - started, "setup_seconds": 0.0}
+    # The round trains a model pruned to about the goal: what share of the FLOPs uniform rates keep there.
+    flops_share = cost.measure(Guidance(analysis, cost, search_cfg).uniform(goal, options.metric), "flops") / cost.total("flops")
     inputs = scorer_inputs(model, analysis, current, data, prune_options, search_cfg, options.labels, cost,
-                           budget_epochs=options.budget_epochs)
+                           budget_epochs=options.budget_epochs, flops_share=flops_share, device=options.device)
     search_cfg = inputs.config  # fitted to the search's share of the round
     scoring = open_scoring(inputs, cost, options.device, cluster)
     setup_seconds = time.time() - started
@@ -409,20 +411,23 @@ def build_scorer(model, analysis, model_path, data, prune_options: PruneOptions,
 
 
 def scorer_inputs(model, analysis, model_path, data, prune_options: PruneOptions, search_cfg: SearchConfig,
-                  labels: bool | None, cost=None, budget_epochs: float | None = None) -> ScorerInputs:
+                  labels: bool | None, cost=None, budget_epochs: float | None = None, flops_share: float = 1.0,
+                  device: str = "cpu") -> ScorerInputs:
     """What the search's energy on `model` is built from, in memory: validation, BN-calibration and
     fine-tune samples carved from the round's training data (the validation part is never trained
     on). The fine-tune sample is the `finetune_steps x finetune_batch` images the steps go through
     once, the same for every candidate wherever it is scored. With `budget_epochs` (the round's
-    training epochs) the search is first fitted to its share of the round (search.fit_budget); the
-    fitted config is the inputs' config."""
+    training epochs) the search is first fitted to its share of the round (search.fit_budget), whose
+    pruned model keeps `flops_share` of the FLOPs and trains on `device`; the fitted config is the
+    inputs' config."""
     c = search_cfg
     input_shape = analysis.index.shape(analysis.index.input_names[0])
     train, val, _, _ = load_training_data(data, model_path, prune_options, input_shape)
+    use_labels, needs_teacher = choose_supervision(output_kinds(model), train.labels is not None, labels)
     budget = None
     if budget_epochs is not None:
-        c, budget = fit_budget(c, len(train), budget_epochs)
-    use_labels, needs_teacher = choose_supervision(output_kinds(model), train.labels is not None, labels)
+        taught = choose_supervision(output_kinds(model), train.labels is not None, labels, prune_options.distill_weight)[1]
+        c, budget = fit_budget(c, len(train), budget_epochs, round_pass_cost(flops_share, taught, device))
     teacher = None
     if needs_teacher:
         teacher = normalize(load_model(prune_options.teacher_model or model_path), prune_options.input_shapes).SerializeToString()

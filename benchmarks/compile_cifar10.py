@@ -166,6 +166,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0", help="comma-separated; with several, the table adds mean and std per method")
     p.add_argument("--methods", default="search,uniform,torch-pruning")
     p.add_argument("--recover-cut", type=int, default=None, help="acc's --recover-cut (default: acc's default)")
+    p.add_argument("--peer-epochs", default=None,
+                   help="Torch-Pruning's fine-tuning epochs, comma-separated for several rows (default: acc's epochs; "
+                        "more gives the peer acc's wall time: accuracy at equal time)")
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     import torch
@@ -179,6 +182,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     methods = args.methods.split(",")
+    peer_epoch_list = [int(e) for e in args.peer_epochs.split(",")] if args.peer_epochs else [epochs * args.rounds]
     extra = {} if args.recover_cut is None else {"recover_cut": args.recover_cut}
     for target, seed in [(float(t), int(sd)) for t in args.targets.split(",") for sd in args.seeds.split(",")]:
         runs = [(m, s, args.metric) for m, s in (("search", "anneal"), ("uniform", "uniform")) if m in methods]
@@ -205,15 +209,17 @@ def main(argv=None) -> int:
             print(f"{target:g}x seed {seed} {rows[-1]['method']}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
         if "torch-pruning" not in methods:
             continue
-        started = time.time()
-        tp_row = run_torch_pruning(args.model, args.data, target, epochs * args.rounds, limit, test_limit, batch,
-                                   0.01, device, work, seed)
-        rows.append({"target": target, "seed": seed, "method": "torch-pruning", "metric": "params", **tp_row,
-                     "nonzero_after": tp_row["params_after"],
-                     "seconds": time.time() - started})
-        print(f"{target:g}x seed {seed} torch-pruning: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
+        for peer_epochs in peer_epoch_list:
+            started = time.time()
+            tp_row = run_torch_pruning(args.model, args.data, target, peer_epochs, limit, test_limit, batch,
+                                       0.01, device, work, seed)
+            method = "torch-pruning" if peer_epochs == epochs * args.rounds else f"torch-pruning ({peer_epochs} epochs)"
+            rows.append({"target": target, "seed": seed, "method": method, "metric": "params", **tp_row,
+                         "nonzero_after": tp_row["params_after"], "epochs": peer_epochs,
+                         "seconds": time.time() - started})
+            print(f"{target:g}x seed {seed} {method}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
     budget = {"rounds": args.rounds, "epochs_per_round": epochs, "total_epochs": epochs * args.rounds,
-              "torch_pruning_finetune_epochs": epochs * args.rounds, "train_images": limit or "all",
+              "torch_pruning_finetune_epochs": peer_epoch_list, "train_images": limit or "all",
               "test_images": test_limit or 10000, "device": device, "full": args.full, "seeds": args.seeds,
               "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50, "metric": args.metric,
               "recover_cut": "acc default" if args.recover_cut is None else args.recover_cut}

@@ -86,6 +86,21 @@ def test_the_search_is_fitted_to_its_share_of_the_round():
     assert fit_budget(_config(6, 30, search_share=0.0), 100, 4)[0] == _config(6, 30, search_share=0.0)
 
 
+def test_a_round_that_trains_a_smaller_model_leaves_the_search_less():
+    from acc.prune.search import fit_budget, round_pass_cost
+
+    # The full model's step costs a candidate's; a pruned model's a fixed part plus its FLOPs share; the teacher adds its forward.
+    assert round_pass_cost(1.0, teacher=False) == 1.0
+    assert round_pass_cost(0.27, teacher=False) == pytest.approx(0.46, abs=0.01)
+    assert round_pass_cost(0.27, teacher=True, device="cpu") == pytest.approx(0.57, abs=0.01)
+    assert round_pass_cost(0.27, teacher=True, device="cuda") > round_pass_cost(0.27, teacher=True, device="cpu")
+    assert round_pass_cost(0.9, teacher=True, device="cuda") == 1.0
+    full, _ = fit_budget(_config(16, 50), 45_000, 4)
+    small, budget = fit_budget(_config(16, 50), 45_000, 4, pass_cost=0.5)
+    assert small.finetune_steps < full.finetune_steps and budget["pass_cost"] == 0.5
+    assert budget["allowed_passes"] == pytest.approx(0.5 * fit_budget(_config(16, 50), 45_000, 4)[1]["allowed_passes"])
+
+
 @pytest.mark.parametrize("share", ["1", "-0.1", "1.5"])
 def test_a_search_share_outside_0_1_is_a_one_line_error(tiny, tmp_path, capsys, share):  # noqa: F811
     from acc.cli import main

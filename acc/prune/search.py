@@ -272,10 +272,29 @@ def candidate_passes(config: SearchConfig) -> float:
     return c.finetune_steps * c.finetune_batch + (128 * c.bn_batches + c.eval_images) / 3
 
 
-def fit_budget(config: SearchConfig, train_images: int, epochs: float) -> tuple[SearchConfig, dict]:
+# What one training image costs the round, relative to one image of a search candidate's fine-tune
+# (the full-width masked model, its teacher outputs replayed): the pruned model's training step, a
+# fixed part plus its share of the FLOPs (measured on ResNet-20, CPU, batch 128: 0.46 of the full
+# model's step at 0.27 of its FLOPs), plus the teacher's forward pass (onnxruntime on the CPU: 0.11
+# of a full step; a torch forward elsewhere: about a third).
+STEP_FIXED_SHARE = 0.26
+TEACHER_PASS_SHARE = {"cpu": 0.11, "other": 0.33}
+
+
+def round_pass_cost(flops_share: float, teacher: bool, device: str = "cpu") -> float:
+    """One training image of the round in search-candidate images (see STEP_FIXED_SHARE), for a
+    round whose pruned model keeps `flops_share` of the FLOPs."""
+    step = STEP_FIXED_SHARE + (1 - STEP_FIXED_SHARE) * min(max(float(flops_share), 0.0), 1.0)
+    if teacher:
+        step += TEACHER_PASS_SHARE["cpu" if str(device).startswith("cpu") else "other"]
+    return min(step, 1.0)
+
+
+def fit_budget(config: SearchConfig, train_images: int, epochs: float, pass_cost: float = 1.0) -> tuple[SearchConfig, dict]:
     """The search cut to `search_share` of the round's compute. The round trains `epochs` passes
-    over `train_images`; the search scores len(starts) + steps x candidates + 2 x confirm_seeds
-    candidates of candidate_passes each. Measured on ResNet-20 at the demo's budget, the search
+    over `train_images`, each image costing `pass_cost` candidate images (round_pass_cost: the round
+    trains the physically smaller model); the search scores len(starts) + steps x candidates + 2 x
+    confirm_seeds candidates of candidate_passes each. Measured on ResNet-20 at the demo's budget, the search
     took about 40 % of the run uncut (benchmarks/search_cost.py). Fine-tune steps go first, down to
     min_finetune_steps (fewer rank candidates unlike the 50-step energy,
     benchmarks/scoring_budget.py), then annealing steps, down to one (cooling made faster), then
@@ -287,7 +306,7 @@ def fit_budget(config: SearchConfig, train_images: int, epochs: float) -> tuple[
     record = {"search_share": c.search_share, "finetune_steps_asked": c.finetune_steps, "steps_asked": steps}
     if not c.search_share or c.search_share <= 0 or c.search_share >= 1 or train_images <= 0:
         return c, {**record, "cut": False}
-    allowed = epochs * train_images * c.search_share / (1 - c.search_share)
+    allowed = epochs * train_images * pass_cost * c.search_share / (1 - c.search_share)
 
     def planned(cfg, n):
         return (len(cfg.starts) + n * max(cfg.candidates, 1) + 2 * cfg.confirm_seeds) * candidate_passes(cfg)
@@ -309,7 +328,7 @@ def fit_budget(config: SearchConfig, train_images: int, epochs: float) -> tuple[
     return fitted, {**record, "cut": fitted != c, "allowed_passes": allowed, "planned_passes_asked": before,
                     "planned_passes": planned(fitted, annealing_steps(fitted)), "finetune_steps": fitted.finetune_steps,
                     "steps": annealing_steps(fitted), "confirm_seeds": fitted.confirm_seeds,
-                    "train_images": train_images, "epochs": epochs}
+                    "train_images": train_images, "epochs": epochs, "pass_cost": pass_cost}
 
 
 def to_rates(cost: CostModel, rates: np.ndarray) -> Rates:
