@@ -229,7 +229,10 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
             log(f"round {k}/{options.rounds}: done before, skipped")
             continue
         goal = total / options.rate ** (k / options.rounds)
-        record = _run_round(k, current, model_path, data, goal, options, round_dir, log, cluster, latency_for)
+        # The test split is the same in every round: the last round's result is this one's input.
+        known_test = (rounds[-1]["accuracy_after"].get("test") or {} if world.is_main else {}) if k > 1 else None
+        record = _run_round(k, current, model_path, data, goal, options, round_dir, log, cluster, latency_for,
+                            known_test)
         current = round_dir / "model.onnx"
         if not world.is_main:
             continue
@@ -309,7 +312,7 @@ def _latency_prediction(rounds: list[dict], options: CompileOptions, total: floa
 
 
 def _run_round(k, current: Path, original_path, data, goal, options: CompileOptions, round_dir: Path, log,
-               cluster: RayCluster | None = None, latency_for=None) -> dict:
+               cluster: RayCluster | None = None, latency_for=None, known_test: dict | None = None) -> dict:
     started = time.time()
     model = normalize(load_model(current), options.input_shapes)
     analysis = analyze(model)
@@ -336,7 +339,7 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
                                  purify=options.purify, purify_tolerance=options.purify_tolerance,
                                  round_to=options.round_to, distill_weight=options.distill_weight,
                                  temperature=options.temperature, admm_choice=choice,
-                                 recover_cut=options.recover_cut)
+                                 recover_cut=options.recover_cut, test_before=known_test)
     world = distributed.current()
     searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
                        cluster) if world.is_main else None

@@ -84,6 +84,9 @@ class PruneOptions:
     finetune_small: bool = True  # fine-tune the physically smaller model (False: the masked full-width one)
     recover_cut: int = 0  # training images for the refit right after the hard prune (acc.prune.posttrain.after_cut); 0: none
     cut_ranking: bool = False  # with recover_cut, a one-shot cut takes the channels the refit best makes up for (measured worse at 4x)
+    # The input model's test figures when the caller has them (a compile round: the last round's
+    # result); not None skips that evaluation on every rank (other ranks pass {}).
+    test_before: dict | None = None
 
 
 @dataclass
@@ -190,7 +193,8 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
     def score(module, data):
         return None if data is None else evaluate(module, data, objective, world=world)
 
-    before = {"val": score(bridge.module, val), "test": score(bridge.module, test)}
+    before = {"val": score(bridge.module, val),
+              "test": score(bridge.module, test) if options.test_before is None else options.test_before or None}
     # Every rank rewrites the hard-pruned model in memory, the same way: they all train the same small model.
     shrinker = Shrinker(model, analysis, bridge, options.criterion, device) if options.finetune_small else None
     recovery = (CutRecovery(model, analysis, bridge, train, objective, options.recover_cut, options.train.seed, device,
