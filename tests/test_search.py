@@ -187,6 +187,32 @@ def test_scorer_fine_tune_is_repeatable_and_leaves_the_model_untouched(tiny):  #
     assert energies[0][0] != energies[6][0]  # the steps did train
 
 
+@pytest.mark.parametrize("metric", ["params", "nonzero"])  # filter rates; filter and column rates
+def test_candidates_fine_tune_physically_smaller_to_the_masked_energy(tiny, metric):  # noqa: F811
+    from acc.autocompress import build_scorer
+    from acc.prune.pipeline import PruneOptions
+    from acc.prune.rates import Rates
+    from acc.prune.search import cost_model
+
+    model = import_model(tiny)
+    analysis = analyze(model)
+    cost = cost_model(analysis, metric)
+    options = PruneOptions(rates=Rates(), limit=160, progress=False)
+    rates = np.full(cost.size, 0.5)
+    config = SearchConfig(eval_images=32, finetune_steps=6)
+    small = build_scorer(model, analysis, tiny, DEMO, options, config, None, "cpu", cost)
+    masked = build_scorer(model, analysis, tiny, DEMO, options, config, None, "cpu", cost)
+    masked._shrinker = False  # every candidate at full width, masked
+    shrunk_widths = []
+    build = small._smaller
+    small._smaller = lambda masks: shrunk_widths.append(1) or build(masks)
+    assert small.energy(rates) == pytest.approx(masked.energy(rates), rel=1e-4)
+    assert shrunk_widths and small._shrinker and small.shrink_failure is None
+    kept = {t.name: list(t.dims) for t in small._shrinker.small.graph.graph.initializer}
+    full = {t.name: list(t.dims) for t in model.graph.initializer}
+    assert any(kept[n] != full[n] for n in kept if n in full)  # the candidate did train smaller
+
+
 class ScriptedScorer:
     """Energies from a rule: the uniform start scores 10; any other candidate scores `lucky` on
     its first evaluation and `later` on re-evaluations with other seeds."""

@@ -87,14 +87,17 @@ def test_the_search_is_fitted_to_its_share_of_the_round():
 
 
 def test_a_round_that_trains_a_smaller_model_leaves_the_search_less():
-    from acc.prune.search import fit_budget, round_pass_cost
+    from acc.prune.search import fit_budget, round_pass_cost, training_image_cost
 
-    # The full model's step costs a candidate's; a pruned model's a fixed part plus its FLOPs share; the teacher adds its forward.
-    assert round_pass_cost(1.0, teacher=False) == 1.0
-    assert round_pass_cost(0.27, teacher=False) == pytest.approx(0.46, abs=0.01)
-    assert round_pass_cost(0.27, teacher=True, device="cpu") == pytest.approx(0.57, abs=0.01)
-    assert round_pass_cost(0.27, teacher=True, device="cuda") > round_pass_cost(0.27, teacher=True, device="cpu")
-    assert round_pass_cost(0.9, teacher=True, device="cuda") == 1.0
+    # A pruned model's step costs a fixed part plus its FLOPs share of the full one's; the teacher adds its forward.
+    assert training_image_cost(1.0, teacher=False) == 1.0
+    assert training_image_cost(0.27, teacher=False) == pytest.approx(0.46, abs=0.01)
+    assert training_image_cost(0.27, teacher=True, device="cpu") == pytest.approx(0.57, abs=0.01)
+    assert training_image_cost(0.27, teacher=True, device="cuda") > training_image_cost(0.27, teacher=True, device="cpu")
+    assert training_image_cost(0.9, teacher=True, device="cuda") == 1.0
+    # Candidates train the same pruned model with the teacher's outputs replayed: the round's image costs more.
+    assert round_pass_cost(0.27, teacher=False) == 1.0
+    assert round_pass_cost(0.27, teacher=True, device="cpu") == pytest.approx(0.57 / 0.46, abs=0.02)
     full, _ = fit_budget(_config(16, 50), 45_000, 4)
     small, budget = fit_budget(_config(16, 50), 45_000, 4, pass_cost=0.5)
     assert small.finetune_steps < full.finetune_steps and budget["pass_cost"] == 0.5

@@ -272,22 +272,28 @@ def candidate_passes(config: SearchConfig) -> float:
     return c.finetune_steps * c.finetune_batch + (128 * c.bn_batches + c.eval_images) / 3
 
 
-# What one training image costs the round, relative to one image of a search candidate's fine-tune
-# (the full-width masked model, its teacher outputs replayed): the pruned model's training step, a
-# fixed part plus its share of the FLOPs (measured on ResNet-20, CPU, batch 128: 0.46 of the full
-# model's step at 0.27 of its FLOPs), plus the teacher's forward pass (onnxruntime on the CPU: 0.11
-# of a full step; a torch forward elsewhere: about a third).
+# What one training image costs, in images of the full model's training step: the pruned model's
+# step, a fixed part plus its share of the FLOPs (measured on ResNet-20, CPU, batch 128: 0.46 of the
+# full model's step at 0.27 of its FLOPs), plus the teacher's forward pass (onnxruntime on the CPU:
+# 0.11 of a full step; a torch forward elsewhere: about a third).
 STEP_FIXED_SHARE = 0.26
 TEACHER_PASS_SHARE = {"cpu": 0.11, "other": 0.33}
 
 
-def round_pass_cost(flops_share: float, teacher: bool, device: str = "cpu") -> float:
-    """One training image of the round in search-candidate images (see STEP_FIXED_SHARE), for a
-    round whose pruned model keeps `flops_share` of the FLOPs."""
+def training_image_cost(flops_share: float, teacher: bool, device: str = "cpu") -> float:
+    """One training image of a model that keeps `flops_share` of the FLOPs, with or without the
+    teacher's forward pass, in full-model training images (see STEP_FIXED_SHARE)."""
     step = STEP_FIXED_SHARE + (1 - STEP_FIXED_SHARE) * min(max(float(flops_share), 0.0), 1.0)
     if teacher:
         step += TEACHER_PASS_SHARE["cpu" if str(device).startswith("cpu") else "other"]
     return min(step, 1.0)
+
+
+def round_pass_cost(flops_share: float, teacher: bool, device: str = "cpu") -> float:
+    """One training image of the round in search-candidate images. Both train the pruned model
+    (candidates physically smaller, OneShotScorer.energy); the round also runs the teacher, whose
+    outputs the candidates replay."""
+    return training_image_cost(flops_share, teacher, device) / training_image_cost(flops_share, False, device)
 
 
 def fit_budget(config: SearchConfig, train_images: int, epochs: float, pass_cost: float = 1.0) -> tuple[SearchConfig, dict]:
@@ -386,6 +392,8 @@ class OneShotScorer:
         self.original = {k: v.detach().clone() for k, v in bridge.module.state_dict().items()}
         self._replay: dict[tuple, tuple] = {}  # (what, seed) -> (batches, teacher outputs by id)
         self._replay_bytes = 0
+        self._shrinker = None  # acc.prune.shrink_phase.Shrinker, made on first use; False: the graph cannot shrink
+        self.shrink_failure: str | None = None
 
     def _batches(self, what: str, seed: int):
         """The `what` ("finetune" or "calibration") batches of `seed`, as the training loop draws
@@ -431,22 +439,46 @@ class OneShotScorer:
         for name, mask in masks.items():
             tensors[name].mul_(mask)
         seed = self.config.seed + 7919 * seed_offset
-        self._recalibrate_bn(module, seed)
-        if self.config.finetune_steps > 0 and self.train is not None:
-            self._finetune(module, masks, seed)
-        loss = evaluate(module, self.val, self.objective)["loss"]
+        scored, scored_masks, scored_tensors = module, masks, tensors
+        finetune = self.config.finetune_steps > 0 and self.train is not None
+        if finetune:
+            # Trained physically smaller, as the round trains its cut: the same energy up to float
+            # noise (acc.prune.shrink_phase), at the pruned model's cost per step.
+            small = self._smaller(masks)
+            if small is not None:
+                scored, scored_masks, scored_tensors = small.bridge.module, small.masks, small.bridge.tensors
+        self._recalibrate_bn(scored, seed)
+        if finetune:
+            self._finetune(scored, scored_masks, seed, scored_tensors)
+        loss = evaluate(scored, self.val, self.objective)["loss"]
         module.load_state_dict(self.original)
         module.eval()
         return float(loss) * self.config.energy_scale
+
+    def _smaller(self, masks: dict):
+        """The masked full model physically smaller (a SmallModel), or None where the graph cannot
+        be (then every candidate is scored masked at full width, as it computes the same)."""
+        if self._shrinker is False:
+            return None
+        try:
+            if self._shrinker is None:
+                from acc.prune.shrink_phase import Shrinker
+
+                device = next(iter(self.original.values())).device
+                self._shrinker = Shrinker(self.bridge.model, self.analysis, self.bridge, device=device)
+            return self._shrinker.from_masks(masks, [], verify=False)
+        except Exception as err:  # noqa: BLE001 - the masked model scores the same, only slower
+            self._shrinker, self.shrink_failure = False, f"{type(err).__name__}: {err}"
+            return None
 
     def _constraints(self, rates: np.ndarray):
         """The masks' constraints: L1 channel choice, as the trained pipeline's one-shot prune."""
         return build_constraints(self.analysis, self.bridge, to_rates(self.cost, rates), "l1")
 
     @torch.enable_grad()
-    def _finetune(self, module, masks, seed: int) -> None:
+    def _finetune(self, module, masks, seed: int, tensors=None) -> None:
         c = self.config
-        tensors = self.bridge.tensors
+        tensors = self.bridge.tensors if tensors is None else tensors
         defaults = TrainConfig()
         optimizer = sgd(module, c.finetune_lr, defaults.momentum, defaults.weight_decay)
         batches, teacher_outputs = self._batches("finetune", seed)

@@ -70,12 +70,16 @@ class Shrinker:
         self.small: SmallModel | None = None
 
     def from_hard_prune(self, trainer) -> SmallModel:
+        return self.from_masks(trainer.masks, [g.name for g in trainer.constraints.groups])
+
+    def from_masks(self, masks: dict[str, torch.Tensor], groups: list[str], verify: bool = True) -> SmallModel:
+        """The full model as its masks left it (`masks` applied to its weights), physically smaller.
+        `verify=False` skips the onnxruntime check (the search's candidates: scored, never written)."""
         masked = self.full.to_onnx()
         purified = purify(masked)
-        verify_equal(masked, purified.model, what="the hard-pruned model made physically smaller")
-        groups = [g.name for g in trainer.constraints.groups]
-        masks = self._carry_masks(trainer.masks, purified.plan)
-        return self._build(purified.model, purified.plan, groups, masks)
+        if verify:
+            verify_equal(masked, purified.model, what="the hard-pruned model made physically smaller")
+        return self._build(purified.model, purified.plan, list(groups), self._carry_masks(masks, purified.plan))
 
     def from_payload(self, payload: dict) -> SmallModel:
         graph = onnx.load_from_string(payload["onnx"])
