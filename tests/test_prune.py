@@ -77,7 +77,11 @@ def test_hard_pruned_weights_are_exactly_zero_and_stay_zero(tiny):
     assert all(z >= masked[w].shape[0] // 2 for z, w in zip(zero_filters, conv_w))
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path):
+@pytest.mark.parametrize("channels_last", [False, True])  # the layout the run was timed to is the one it resumes in
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch, channels_last):
+    from acc.prune import admm
+
+    monkeypatch.setattr(admm, "channels_last_is_faster", lambda *a: channels_last)
     a = api.prune(tiny, DEMO, output=tmp_path / "a.onnx", uniform=0.5, **FAST)
 
     calls = {"n": 0}

@@ -45,6 +45,7 @@ import torch
 from acc.prune import checkpoint as ckpt
 from acc.prune import distributed
 from acc.prune.constraints import ConstraintSet
+from acc.prune.memory_format import as_layout, channels_last_is_faster, to_channels_last
 from acc.prune.objective import Objective, evaluate
 from acc.prune.schedule import cosine_lr, decay_groups, lr_at  # noqa: F401 - cosine_lr: the search's steps
 
@@ -113,6 +114,7 @@ class Trainer:
         self.world = world or distributed.World()
         self.device = torch.device(device)
         self._trained = None  # the module wrapped for multi-process training, made on first use
+        self.channels_last: bool | None = None  # train in channels-last memory (acc.prune.memory_format); None: not decided yet
         self.constraints = constraints
         self.tensors = tensors  # ONNX initializer name -> torch tensor (parameters and buffers)
         self.train, self.val = train, val
@@ -163,6 +165,7 @@ class Trainer:
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "Z": self.Z, "U": self.U, "masks": self.masks, "residuals": self.residuals,
             "distances": self.distances, "shrunk": self.shrunk, "best": self.best,
+            "channels_last": self.channels_last,  # a resumed run trains in the layout the run was timed to
         })
 
     def restore(self, data: dict) -> None:
@@ -180,6 +183,9 @@ class Trainer:
         if shrunk is not None:
             self._adopt(self.shrink.from_payload(shrunk))
         self.module.load_state_dict(data["module"])
+        self.channels_last = data.get("channels_last")
+        if self.channels_last:
+            to_channels_last(self.module)
         self.state = RunState(**data["state"])
         device = {n: self.tensors[n].device for n in self.tensors}
         self.Z = {n: z.to(device[n]) for n, z in data["Z"].items()}
@@ -270,6 +276,7 @@ class Trainer:
         self.constraints, self.masks = small.constraints, small.masks
         self.shrunk = small.payload()
         self._trained = None
+        self.channels_last = None
         self.Z, self.U = {}, {}
 
     @torch.no_grad()
@@ -291,6 +298,10 @@ class Trainer:
         for i, (x, y) in enumerate(batches):
             if i >= steps:
                 break
+            if self.channels_last is None:  # decided once per module, on its first batch (one process only)
+                self.channels_last = self.world.size == 1 and channels_last_is_faster(self.module, x, self.device)
+                if self.channels_last:
+                    to_channels_last(self.module)
             step = st.epoch * steps + i
             if admm:
                 lr = base_lr if cfg.admm_mode == "proximal" else cosine_lr(base_lr, step, total_steps)
@@ -298,7 +309,7 @@ class Trainer:
                 lr = lr_at(cfg.schedule, base_lr, step, total_steps, cfg.warmup)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            loss = self.objective(module(x), x, y)  # every output: see acc.prune.objective
+            loss = self.objective(module(as_layout(x, self.channels_last)), x, y)  # every output: see acc.prune.objective
             task_loss = float(loss.detach())
             if self.world.size > 1:  # this slice's share of the global batch (DDP averages over ranks)
                 loss = loss * (len(x) * self.world.size / distributed.global_batch_len(i, len(self.train), cfg.batch_size))
