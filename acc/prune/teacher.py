@@ -1,9 +1,9 @@
 """The original model as the distillation teacher, run where it is cheapest.
 
 The teacher only ever runs forward, without gradients, on every training batch, every validation
-and every search candidate. On the CPU, onnxruntime runs the original graph about twice as fast as
-its onnx2torch module (ResNet-20, batch 128, one thread: about 200 against 400-550 ms; see
-benchmarks/teacher_speed.py), so a CPU run distils from an onnxruntime session. On a GPU, or when
+and every search candidate. On the CPU, onnxruntime runs the original graph faster than its
+onnx2torch module does (batch 128: ResNet-20 2.8-3.2x, ResNet-56 2.4-2.6x, MobileNetV2 5.8-6.0x,
+VGG-16 1.2x; benchmarks/results/teacher_speed.json), so a CPU run distils from an onnxruntime session. On a GPU, or when
 the graph does not run in onnxruntime at the training batch, or runs there to other figures than
 the torch module (checked on the first batch), the torch module is the teacher.
 """
