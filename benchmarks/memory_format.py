@@ -13,10 +13,7 @@ ratio, and what acc would choose.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import record  # noqa: E402
+from timing import interleaved_medians, random_graphs  # noqa: E402
 
 
 def main() -> None:
@@ -31,10 +29,8 @@ def main() -> None:
     import torch.nn.functional as F
 
     from acc.format import table
-    from acc.passes.importer import import_model
     from acc.prune.bridge import TorchModel
     from acc.prune.memory_format import as_layout, channels_last_is_faster, to_channels_last
-    from models.export import build, export_onnx
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet20,resnet56,mobilenetv2,vgg16")
@@ -46,37 +42,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            path = Path(tmp) / f"{name}.onnx"
-            export_onnx(build(name), path)
-            graph = import_model(path)
-            x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
-            nets = {False: TorchModel(graph).module.train(), True: to_channels_last(TorchModel(graph).module.train())}
-            optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in nets.items()}
+    for name, graph in random_graphs(args.models.split(",")):
+        x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+        nets = {False: TorchModel(graph).module.train(), True: to_channels_last(TorchModel(graph).module.train())}
+        optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in nets.items()}
 
-            def step(channels_last):
-                loss = F.cross_entropy(nets[channels_last](as_layout(x, channels_last)), y)
-                optimizers[channels_last].zero_grad()
-                loss.backward()
-                optimizers[channels_last].step()
+        def step(channels_last):
+            loss = F.cross_entropy(nets[channels_last](as_layout(x, channels_last)), y)
+            optimizers[channels_last].zero_grad()
+            loss.backward()
+            optimizers[channels_last].step()
 
-            for layout in (False, True):
-                step(layout)
-            times = {False: [], True: []}
-            for _ in range(args.repeats):
-                for layout in (False, True):
-                    started = time.perf_counter()
-                    step(layout)
-                    times[layout].append(1000 * (time.perf_counter() - started))
-            row = {"model": name, "batch": args.batch, "threads": args.threads,
-                   "nchw_ms": statistics.median(times[False]), "channels_last_ms": statistics.median(times[True]),
-                   "acc_chooses_channels_last": channels_last_is_faster(nets[False], x, "cpu")}
-            row["speedup"] = row["nchw_ms"] / row["channels_last_ms"]
-            rows.append(row)
-            print(f"{name}: NCHW {row['nchw_ms']:.0f} ms, channels-last {row['channels_last_ms']:.0f} ms "
-                  f"({row['speedup']:.2f}x); acc chooses {'channels-last' if row['acc_chooses_channels_last'] else 'NCHW'}",
-                  flush=True)
+        ms = interleaved_medians({"nchw": lambda: step(False), "channels_last": lambda: step(True)}, args.repeats)
+        row = {"model": name, "batch": args.batch, "threads": args.threads,
+               "nchw_ms": ms["nchw"], "channels_last_ms": ms["channels_last"],
+               "acc_chooses_channels_last": channels_last_is_faster(nets[False], x, "cpu")}
+        row["speedup"] = row["nchw_ms"] / row["channels_last_ms"]
+        rows.append(row)
+        print(f"{name}: NCHW {row['nchw_ms']:.0f} ms, channels-last {row['channels_last_ms']:.0f} ms "
+              f"({row['speedup']:.2f}x); acc chooses {'channels-last' if row['acc_chooses_channels_last'] else 'NCHW'}",
+              flush=True)
     print(table(["model", "batch", "threads", "NCHW ms", "channels-last ms", "speed-up", "acc trains"],
                 [[r["model"], r["batch"], r["threads"], f"{r['nchw_ms']:.0f}", f"{r['channels_last_ms']:.0f}",
                   f"{r['speedup']:.2f}x", "channels-last" if r["acc_chooses_channels_last"] else "NCHW"] for r in rows],

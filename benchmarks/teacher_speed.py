@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,16 +22,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import record  # noqa: E402
+from timing import interleaved_medians, random_graphs  # noqa: E402
 
 
 def main() -> None:
     import torch
 
     from acc.format import table
-    from acc.passes.importer import import_model
     from acc.prune.bridge import TorchModel
     from acc.prune.teacher import OnnxRuntimeTeacher, teacher_for
-    from models.export import build, export_onnx
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet20,resnet56,vgg16,mobilenetv2")
@@ -44,38 +40,27 @@ def main() -> None:
     args = p.parse_args()
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            path = Path(tmp) / f"{name}.onnx"
-            export_onnx(build(name), path)
-            graph = import_model(path)
-            for threads in sorted({1, os.cpu_count() or 1}):
-                torch.set_num_threads(threads)
-                module = TorchModel(graph).module
-                teacher = teacher_for(graph, module, "cpu")
-                assert isinstance(teacher, OnnxRuntimeTeacher)
-                x = torch.randn(args.batch, 3, 32, 32)
-                times = {"torch": [], "onnxruntime": []}
+    for name, graph in random_graphs(args.models.split(",")):
+        for threads in sorted({1, os.cpu_count() or 1}):
+            torch.set_num_threads(threads)
+            module = TorchModel(graph).module
+            teacher = teacher_for(graph, module, "cpu")
+            assert isinstance(teacher, OnnxRuntimeTeacher)
+            x = torch.randn(args.batch, 3, 32, 32)
 
-                def run_torch():
-                    with torch.no_grad():
-                        module(x)
+            def run_torch():
+                with torch.no_grad():
+                    module(x)
 
-                for run in (run_torch, lambda: teacher(x)):  # warm-up; the teacher's first batch is its check
-                    run()
-                assert teacher.checked and not teacher.fallback
-                for _ in range(args.repeats):
-                    for key, run in (("torch", run_torch), ("onnxruntime", lambda: teacher(x))):
-                        started = time.perf_counter()
-                        run()
-                        times[key].append(1000 * (time.perf_counter() - started))
-                row = {"model": name, "threads": threads, "batch": args.batch,
-                       "torch_ms": statistics.median(times["torch"]),
-                       "onnxruntime_ms": statistics.median(times["onnxruntime"])}
-                row["speedup"] = row["torch_ms"] / row["onnxruntime_ms"]
-                rows.append(row)
-                print(f"{name} {threads} thread(s): torch {row['torch_ms']:.1f} ms, onnxruntime "
-                      f"{row['onnxruntime_ms']:.1f} ms ({row['speedup']:.2f}x)", flush=True)
+            teacher(x)  # its first batch is its check against the torch module
+            assert teacher.checked and not teacher.fallback
+            ms = interleaved_medians({"torch": run_torch, "onnxruntime": lambda: teacher(x)}, args.repeats)
+            row = {"model": name, "threads": threads, "batch": args.batch,
+                   "torch_ms": ms["torch"], "onnxruntime_ms": ms["onnxruntime"]}
+            row["speedup"] = row["torch_ms"] / row["onnxruntime_ms"]
+            rows.append(row)
+            print(f"{name} {threads} thread(s): torch {row['torch_ms']:.1f} ms, onnxruntime "
+                  f"{row['onnxruntime_ms']:.1f} ms ({row['speedup']:.2f}x)", flush=True)
     print(table(["model", "threads", "batch", "torch ms", "onnxruntime ms", "speed-up"],
                 [[r["model"], r["threads"], r["batch"], f"{r['torch_ms']:.1f}", f"{r['onnxruntime_ms']:.1f}",
                   f"{r['speedup']:.2f}x"] for r in rows], {1, 2, 3, 4, 5}))
