@@ -54,7 +54,6 @@ from acc.passes.summary import group_holdings
 from acc.prune.admm import TrainConfig, cosine_lr, sgd
 from acc.prune.cost import CostModel
 from acc.prune.global_importance import global_allocation
-from acc.prune.memory_format import as_layout, channels_last_is_faster, to_channels_last
 from acc.prune.objective import evaluate
 from acc.prune.rates import Rates, build_constraints, classifier_layers, column_search_layers, stem_layers
 
@@ -395,7 +394,6 @@ class OneShotScorer:
         self._replay_bytes = 0
         self._shrinker = None  # acc.prune.shrink_phase.Shrinker, made on first use; False: the graph cannot shrink
         self.shrink_failure: str | None = None
-        self.channels_last: bool | None = None  # candidates train channels-last (timed on the first; acc.prune.memory_format)
 
     def _batches(self, what: str, seed: int):
         """The `what` ("finetune" or "calibration") batches of `seed`, as the training loop draws
@@ -484,10 +482,6 @@ class OneShotScorer:
         defaults = TrainConfig()
         optimizer = sgd(module, c.finetune_lr, defaults.momentum, defaults.weight_decay)
         batches, teacher_outputs = self._batches("finetune", seed)
-        if self.channels_last is None and batches:
-            self.channels_last = channels_last_is_faster(module, batches[0][0], batches[0][0].device)
-        if self.channels_last:
-            to_channels_last(module)
         teacher = getattr(self.objective, "teacher", None)
         if teacher_outputs:
             self.objective.teacher = _TeacherReplay(teacher, teacher_outputs)
@@ -497,7 +491,9 @@ class OneShotScorer:
                 # Cosine to zero: the loss is read where the steps settle, not mid-swing.
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(c.finetune_lr, step, c.finetune_steps)
-                loss = self.objective(module(as_layout(x, self.channels_last)), x, y)
+                # Default memory layout: a layout timed in each process could differ between a Ray
+                # worker and this one, and candidates must score the same wherever they are scored.
+                loss = self.objective(module(x), x, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
