@@ -16,6 +16,8 @@ the same rate, so the table shows what the column scheme adds at an equal non-ze
     python benchmarks/compile_cifar10.py            # 2 CPU cores
     python benchmarks/compile_cifar10.py --full     # whole training set, longer budget (GPU)
     python benchmarks/compile_cifar10.py --metric nonzero --targets 8,30
+    python benchmarks/compile_cifar10.py --methods search,torch-pruning --seeds 0,1,2 --peer-epochs 8,20
+                                                    # the peer also at more epochs: accuracy at equal wall time
 """
 
 from __future__ import annotations
@@ -169,6 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--peer-epochs", default=None,
                    help="Torch-Pruning's fine-tuning epochs, comma-separated for several rows (default: acc's epochs; "
                         "more gives the peer acc's wall time: accuracy at equal time)")
+    p.add_argument("--lr", type=float, default=None, help="acc's learning rate (default: acc's default)")
+    p.add_argument("--peer-lr", type=float, default=0.01, help="Torch-Pruning's fine-tuning learning rate (default 0.01)")
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     import torch
@@ -184,6 +188,8 @@ def main(argv=None) -> int:
     methods = args.methods.split(",")
     peer_epoch_list = [int(e) for e in args.peer_epochs.split(",")] if args.peer_epochs else [epochs * args.rounds]
     extra = {} if args.recover_cut is None else {"recover_cut": args.recover_cut}
+    if args.lr is not None:
+        extra["lr"] = args.lr
     for target, seed in [(float(t), int(sd)) for t in args.targets.split(",") for sd in args.seeds.split(",")]:
         runs = [(m, s, args.metric) for m, s in (("search", "anneal"), ("uniform", "uniform")) if m in methods]
         if args.metric == "nonzero":
@@ -212,7 +218,7 @@ def main(argv=None) -> int:
         for peer_epochs in peer_epoch_list:
             started = time.time()
             tp_row = run_torch_pruning(args.model, args.data, target, peer_epochs, limit, test_limit, batch,
-                                       0.01, device, work, seed)
+                                       args.peer_lr, device, work, seed)
             method = "torch-pruning" if peer_epochs == epochs * args.rounds else f"torch-pruning ({peer_epochs} epochs)"
             rows.append({"target": target, "seed": seed, "method": method, "metric": "params", **tp_row,
                          "nonzero_after": tp_row["params_after"], "epochs": peer_epochs,
@@ -222,7 +228,8 @@ def main(argv=None) -> int:
               "torch_pruning_finetune_epochs": peer_epoch_list, "train_images": limit or "all",
               "test_images": test_limit or 10000, "device": device, "full": args.full, "seeds": args.seeds,
               "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50, "metric": args.metric,
-              "recover_cut": "acc default" if args.recover_cut is None else args.recover_cut}
+              "recover_cut": "acc default" if args.recover_cut is None else args.recover_cut,
+              "lr": "acc default" if args.lr is None else args.lr, "peer_lr": args.peer_lr}
     print()
     print(f"ResNet-20, CIFAR-10; budget: {budget}")
     print(table(["target", "method", "test acc before", "test acc after", "params (dense)", "params (non-zero)",
