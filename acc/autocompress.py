@@ -426,10 +426,11 @@ def scorer_inputs(model, analysis, model_path, data, prune_options: PruneOptions
     c = search_cfg
     input_shape = analysis.index.shape(analysis.index.input_names[0])
     train, val, _, _ = load_training_data(data, model_path, prune_options, input_shape)
-    use_labels, needs_teacher = choose_supervision(output_kinds(model), train.labels is not None, labels)
+    kinds = output_kinds(model)
+    use_labels, needs_teacher = choose_supervision(kinds, train.labels is not None, labels)
     budget = None
-    if budget_epochs is not None:
-        taught = choose_supervision(output_kinds(model), train.labels is not None, labels, prune_options.distill_weight)[1]
+    if budget_epochs is not None:  # whether the round itself runs the teacher (its distillation weight)
+        taught = choose_supervision(kinds, train.labels is not None, labels, prune_options.distill_weight)[1]
         c, budget = fit_budget(c, len(train), budget_epochs, round_pass_cost(flops_share, taught, device))
     teacher = None
     if needs_teacher:
