@@ -98,6 +98,28 @@ def test_refit_in_graph_order_brings_outputs_closer_on_unseen_inputs(zoo_path):
     assert output_error(bridge.module, original.module, unseen) < 0.8 * before
 
 
+@pytest.mark.parametrize("name", ["residual", "depthwise", "channels_last_matmul", "flatten_classifier"])
+def test_refit_from_one_pass_of_the_original_equals_the_per_layer_passes(zoo_path, name, monkeypatch):
+    """The original's target rows taken for every layer in one forward pass per batch give the same
+    weights as running the original up to each layer, whether all, some or none of the layers'
+    rows fit the cache's budget."""
+    from acc.prune.posttrain import refit as refit_module
+
+    analysis, plan, _, original = pruned_pair(zoo_path, name)
+    shape = analysis.index.shape(analysis.index.input_names[0])
+    weights = {}
+    for budget in (refit_module.TARGET_CACHE_BYTES, 40_000, 0):
+        monkeypatch.setattr(refit_module, "TARGET_CACHE_BYTES", budget)
+        bridge = TorchModel(masked_model(analysis, plan))
+        layers = layers_to_refit(analysis, plan, bridge, original)
+        records = refit(layers, bridge.module, original.module, random_images(96, shape, 1), random_images(32, shape, 2))
+        assert any(r["refitted"] for r in records)
+        weights[budget] = {k: v.clone() for k, v in bridge.module.state_dict().items()}
+    full, *others = weights.values()
+    for other in others:
+        assert all(torch.equal(full[k], other[k]) for k in full)
+
+
 def test_bn_recalibration_matches_statistics_computed_directly(zoo_path):
     model = import_model(zoo_path("residual"))
     torch_model = TorchModel(model)

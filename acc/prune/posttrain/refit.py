@@ -284,47 +284,136 @@ def write_weights(layer: RefitLayer, W: torch.Tensor) -> None:
         layer.module.bias[layer.kept_out] = W[-1]
 
 
-def rows_of(layer: RefitLayer, x: torch.Tensor, y: torch.Tensor, per_image: int | None, generator) -> tuple:
-    """(X [rows, G, K], Y [rows, G, O]) for one batch: the layer's input x (pruned model) and the
-    original's output y; conv positions sampled to `per_image` per image (None: all)."""
+def pick_positions(layer: RefitLayer, positions: int, per_image: int | None, generator) -> torch.Tensor | None:
+    """The conv output positions sampled from one batch (None: all of them)."""
+    if layer.kind in ("linear", "matmul") or per_image is None or per_image >= positions:
+        return None
+    return torch.randperm(positions, generator=generator)[:per_image]
+
+
+def output_positions(y: torch.Tensor) -> int:
+    return int(math.prod(y.shape[2:]))
+
+
+def target_rows(layer: RefitLayer, y: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:
+    """Y [rows, G, O]: the original's output of the layer at the picked positions."""
+    if layer.kind in ("linear", "matmul"):
+        Y = y.reshape(-1, y.shape[-1])[:, layer.kept_out]
+        if layer.kind == "matmul" and has_bias(layer):  # the target is the original's output after its bias
+            Y = Y + layer.original_bias.tensor.detach()[layer.kept_out].to(Y.dtype)
+        return Y[:, None]
+    out = y.flatten(2)  # [N, O, L]
+    if pick is not None:
+        out = out[:, :, pick.to(out.device)]
+    n, _, positions = out.shape
+    if layer.kind == "depthwise":
+        return out[:, layer.kept_in].permute(0, 2, 1).reshape(n * positions, len(layer.kept_in), 1)
+    return out[:, layer.kept_out].permute(0, 2, 1).reshape(n * positions, -1)[:, None]
+
+
+def input_rows(layer: RefitLayer, x: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:
+    """X [rows, G, K]: the pruned model's input to the layer (im2col patches of the kept channels at
+    the picked positions for a conv), and a 1 for the bias."""
     ones = has_bias(layer)
     if layer.kind in ("linear", "matmul"):
         X = x.reshape(-1, x.shape[-1])[:, layer.kept_in]
-        Y = y.reshape(-1, y.shape[-1])[:, layer.kept_out]
-        if layer.kind == "matmul" and ones:  # the target is the original's output after its bias
-            Y = Y + layer.original_bias.tensor.detach()[layer.kept_out].to(Y.dtype)
         if ones:
             X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], 1)
-        return X[:, None], Y[:, None]
+        return X[:, None]
     m = layer.module
     cols = F.unfold(x[:, layer.kept_in], m.kernel_size, m.dilation, m.padding, m.stride)  # [N, C*k, L]
-    out = y.flatten(2)  # [N, O, L]
+    if pick is not None:
+        cols = cols[:, :, pick.to(cols.device)]
     n, _, positions = cols.shape
-    if per_image is not None and per_image < positions:
-        pick = torch.randperm(positions, generator=generator)[:per_image].to(cols.device)
-        cols, out = cols[:, :, pick], out[:, :, pick]
-        positions = per_image
     if layer.kind == "depthwise":
         c = len(layer.kept_in)
         X = cols.reshape(n, c, -1, positions).permute(0, 3, 1, 2).reshape(n * positions, c, -1)
-        Y = out[:, layer.kept_in].permute(0, 2, 1).reshape(n * positions, c, 1)
         if ones:
             X = torch.cat([X, torch.ones(*X.shape[:2], 1, dtype=X.dtype, device=X.device)], 2)
-        return X, Y
+        return X
     X = cols.permute(0, 2, 1).reshape(n * positions, -1)
-    Y = out[:, layer.kept_out].permute(0, 2, 1).reshape(n * positions, -1)
     if ones:
         X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], 1)
-    return X[:, None], Y[:, None]
+    return X[:, None]
+
+
+def rows_of(layer: RefitLayer, x: torch.Tensor, y: torch.Tensor, per_image: int | None, generator) -> tuple:
+    """(X [rows, G, K], Y [rows, G, O]) for one batch: the layer's input x (pruned model) and the
+    original's output y; conv positions sampled to `per_image` per image (None: all)."""
+    pick = pick_positions(layer, output_positions(y), per_image, generator)
+    return input_rows(layer, x, pick), target_rows(layer, y, pick)
+
+
+TARGET_CACHE_BYTES = 512 * 1024**2  # target rows kept from one pass of the original; past it a layer runs the original again
+
+
+class OriginalTargets:
+    """Every layer's target rows (the original's output at the sampled positions), taken by one
+    forward pass of the original per batch instead of one pass up to each layer per layer: the
+    original does not change while the pruned model is refitted layer by layer. The positions are
+    drawn from each layer's own generator in the order the per-layer path draws them (estimate
+    batches, then validation batches), so both paths give the same rows. Layers whose rows would
+    pass `budget` bytes are left to the per-layer path."""
+
+    def __init__(self, layers: list[RefitLayer], per_image: list[int | None], seeds: list[int],
+                 budget: int | None = None):
+        self.layers, self.per_image = layers, per_image
+        self.budget = TARGET_CACHE_BYTES if budget is None else budget
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.rows: list[dict[str, list] | None] = [{"estimate": [], "validate": []} for _ in layers]
+        self.bytes = 0
+
+    @torch.no_grad()
+    def collect(self, original: nn.Module, data, split: str) -> None:
+        seen: set[int] = set()
+
+        def hook_for(i):
+            def hook(_, inputs, y):
+                if i in seen or self.rows[i] is None:
+                    return
+                seen.add(i)
+                layer = self.layers[i]
+                pick = pick_positions(layer, output_positions(y), self.per_image[i], self.generators[i])
+                Y = target_rows(layer, y, pick).cpu()
+                if self.bytes + Y.numel() * Y.element_size() > self.budget:
+                    self.bytes -= sum(t.numel() * t.element_size() for rows in self.rows[i].values() for _, t in rows)
+                    self.rows[i] = None
+                    return
+                self.bytes += Y.numel() * Y.element_size()
+                self.rows[i][split].append((pick, Y))
+            return hook
+
+        handles = [layer.original.register_forward_hook(hook_for(i)) for i, layer in enumerate(self.layers)]
+        try:
+            for x, _ in data.batches(BATCH):
+                seen.clear()
+                original(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def of(self, layer: RefitLayer, split: str) -> list | None:
+        """(pick, Y) per batch of `split` for `layer`, or None where it was not kept."""
+        for i, known in enumerate(self.layers):
+            if known is layer:
+                return None if self.rows[i] is None else self.rows[i][split]
+        return None
 
 
 def accumulate(layer: RefitLayer, pruned: nn.Module, original: nn.Module, data, W0: torch.Tensor,
-               per_image: int | None, generator) -> NormalEquations:
+               per_image: int | None, generator, targets: list | None = None) -> NormalEquations:
+    """The layer's normal equations over `data`; `targets` (OriginalTargets.of) spares running the
+    original up to the layer for every batch."""
     eq = NormalEquations(W0.shape[0], W0.shape[1], W0.shape[2])
-    for x, _ in data.batches(BATCH):
-        X, Y = rows_of(layer, capture(pruned, layer.module, x, output=False),
-                       capture(original, layer.original, x, output=True), per_image, generator)
-        eq.add(X.cpu(), Y.cpu())
+    for b, (x, _) in enumerate(data.batches(BATCH)):
+        inp = capture(pruned, layer.module, x, output=False)
+        if targets is None:
+            y = capture(original, layer.original, x, output=True)
+            pick = pick_positions(layer, output_positions(y), per_image, generator)
+            Y = target_rows(layer, y, pick)
+        else:
+            pick, Y = targets[b]
+        eq.add(input_rows(layer, inp, pick).cpu(), Y.cpu())
     return eq
 
 
@@ -342,7 +431,14 @@ def refit(layers: list[RefitLayer], pruned: nn.Module, original: nn.Module, esti
     pruned.eval()
     original.eval()
     records = []
+    images = len(estimate) + len(validate)
+    live = [(i, layer) for i, layer in enumerate(layers) if layer.skip is None]
     try:
+        targets = OriginalTargets([layer for _, layer in live],
+                                  [positions_per_image(layer, images, current_weights(layer).shape[1]) for _, layer in live],
+                                  [seed * 1000 + i for i, _ in live])
+        targets.collect(original, estimate, "estimate")
+        targets.collect(original, validate, "validate")
         for i, layer in enumerate(layers):
             record = {"layer": layer.node, "op": layer.op, "kind": layer.kind,
                       "kept_inputs": len(layer.kept_in), "kept_outputs": len(layer.kept_out)}
@@ -350,10 +446,10 @@ def refit(layers: list[RefitLayer], pruned: nn.Module, original: nn.Module, esti
                 records.append({**record, "refitted": False, "reason": layer.skip})
                 continue
             W0 = current_weights(layer)
-            per_image = positions_per_image(layer, len(estimate) + len(validate), W0.shape[1])
+            per_image = positions_per_image(layer, images, W0.shape[1])
             generator = torch.Generator().manual_seed(seed * 1000 + i)
-            est = accumulate(layer, pruned, original, estimate, W0, per_image, generator)
-            val = accumulate(layer, pruned, original, validate, W0, per_image, generator)
+            est = accumulate(layer, pruned, original, estimate, W0, per_image, generator, targets.of(layer, "estimate"))
+            val = accumulate(layer, pruned, original, validate, W0, per_image, generator, targets.of(layer, "validate"))
             fit = ridge_fit(est, val, W0.cpu())
             if fit.changed:
                 write_weights(layer, fit.W.to(W0.device))
