@@ -268,7 +268,7 @@ def compile(  # noqa: A001 - the verb users know
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 128,
-    lr: float = 0.01,
+    lr: float | None = None,
     resume: bool = False,
     progress: bool = True,
     strategy: str = "anneal",
@@ -312,7 +312,8 @@ def compile(  # noqa: A001 - the verb users know
     `tracker` and `key`, reach a device); `metric="latency"` counts milliseconds on that target from
     a per-layer table timed there and cached under `latency_cache` (default ~/.cache/acc/latency);
     `latency_check` times the result against the original on onnxruntime when there is no target;
-    `recover_cut` and `keep_best` as for `prune`, in every round."""
+    `recover_cut` and `keep_best` as for `prune`, in every round; `lr` the training's learning rate
+    (None: 0.01 x rate / 2, from 0.01 at 2x to 0.04 at 8x and beyond; acc.prune.schedule.lr_for_rate)."""
     import math
 
     from acc.autocompress import CompileOptions, compile_model, parse_rate

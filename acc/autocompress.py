@@ -36,7 +36,7 @@ from acc.prune.admm import TrainConfig
 from acc.prune.cost import METRICS
 from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, choose_supervision, output_kinds
 from acc.prune.posttrain import CUT_RECOVERY_IMAGES
-from acc.prune.schedule import choose_admm
+from acc.prune.schedule import choose_admm, lr_for_rate
 from acc.prune.pipeline import PruneOptions, load_training_data, prune, resolve_input
 from acc.prune.rates import Rates, check_round_to, layer_schemes
 from acc.prune.scoring import RayCluster, ScorerInputs, open_scoring
@@ -72,7 +72,7 @@ class CompileOptions:
     limit: int | None = None
     test_limit: int | None = None
     batch_size: int = 128
-    lr: float = 0.01
+    lr: float | None = None  # None: lr_for_rate(rate)
     device: str = "cpu"
     progress: bool = True
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -156,6 +156,11 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
         raise InputError("strategy must be 'anneal' or 'uniform'")
     if options.rounds < 1:
         raise InputError("--rounds must be at least 1")
+    if options.lr is not None and not options.lr > 0:
+        raise InputError(f"--lr must be a positive learning rate, got {options.lr}")
+    if options.lr is None:
+        options = replace(options, lr=lr_for_rate(options.rate))
+        log(f"learning rate {options.lr:g} (for --rate {options.rate:g}x; --lr sets it)")
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
         raise InputError(f"output folder's parent does not exist: {out_dir.parent}")

@@ -14,7 +14,7 @@ from acc import api
 from acc.cli import main
 from acc.errors import InputError
 from acc.prune.objective import Objective, check_distillation, choose_supervision, distill_term
-from acc.prune.schedule import MIN_ADMM_EPOCHS, choose_admm, decay_groups, lr_at
+from acc.prune.schedule import MIN_ADMM_EPOCHS, choose_admm, decay_groups, lr_at, lr_for_rate
 
 from onnx_export import export_legacy
 
@@ -190,6 +190,38 @@ def test_cli_last_epoch_ends_fine_tuning_on_its_last_epoch(tiny, data, tmp_path)
     for flag, kept in (["--last-epoch"], False), ([], True):
         assert main(args + flag) == 0
         assert any(h["phase"] == "keep_best" for h in json.loads(report.read_text())["history"]) == kept
+
+
+def test_compile_learning_rate_follows_the_rate():
+    assert [lr_for_rate(r) for r in (1.2, 2, 3, 4, 8, 16, 60)] == pytest.approx([0.01, 0.01, 0.015, 0.02, 0.04, 0.04, 0.04])
+
+
+@pytest.mark.parametrize("flag, lr", [([], 0.02), (["--lr", "0.005"], 0.005)])
+def test_compile_trains_at_the_rate_s_learning_rate_unless_told(tiny, data, tmp_path, monkeypatch, flag, lr):
+    import acc.autocompress
+
+    class Reached(Exception):
+        pass
+
+    seen = {}
+
+    def run_round(k, current, original_path, data, goal, options, *args, **kwargs):
+        seen["lr"] = options.lr
+        raise Reached
+
+    monkeypatch.setattr(acc.autocompress, "_run_round", run_round)
+    with pytest.raises(Reached):
+        main(["compile", str(tiny), "--rate", "4x", "--data", str(data), "-o", str(tmp_path / "out"), "--no-progress", *flag])
+    assert seen["lr"] == pytest.approx(lr)
+
+
+@pytest.mark.parametrize("value", ["0", "-0.1"])
+def test_compile_refuses_a_learning_rate_that_is_not_positive(tiny, data, tmp_path, capsys, value):
+    out = tmp_path / "out"
+    code = main(["compile", str(tiny), "--data", str(data), "-o", str(out), "--no-progress", "--rate", "2x", "--lr", value])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--lr" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("flag, keep_best", [(["--last-epoch"], False), ([], True)])
