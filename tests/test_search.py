@@ -140,7 +140,7 @@ def test_resume_continues_a_killed_compile(tiny, tmp_path):  # noqa: F811
     assert (out / "state" / "round1" / "round.json").is_file() and not (out / "model.onnx").exists()
     messages.clear()
     api.compile(tiny, "2x", DEMO, out, resume=True, log=messages.append, **TINY_COMPILE)
-    assert messages[0] == "round 1/2: done before, skipped"
+    assert [m for m in messages if m.startswith("round 1/2")] == ["round 1/2: done before, skipped"]
     assert (out / "model.onnx").is_file()
 
 
