@@ -75,7 +75,8 @@ def lr_for_rate(rate: float) -> float:
     Measured (ResNet-20, 2 rounds x 4 epochs on 4,000 CIFAR-10 images, 2,000 test images, 3 seeds):
     at 2x lr 0.01 80.5 +- 0.8 %, 0.02 79.9 +- 1.0 (a tie); at 4x 0.005 68.8 +- 0.5, 0.01 71.0,
     0.02 72.4 +- 0.4, 0.04 72.3 +- 0.4; at 8x 0.01 53.7 +- 2.6, 0.02 61.4 +- 1.5, 0.04 64.1 +- 0.4;
-    at 16x 0.04 39.2 +- 2.5, 0.08 40.5 +- 7.5 (two of three runs broke down and kept their cut state)."""
+    at 16x 0.04 39.2 +- 2.5, 0.08 40.5 +- 7.5 (two of three runs broke down and kept their cut state);
+    benchmarks/results/lr_by_rate.json."""
     return BASE_LR * min(max(rate / 2, 1.0), MAX_LR_FACTOR)
 
 
@@ -87,7 +88,9 @@ def rounds_for_rate(rate: float) -> int:
     DEFAULT_ROUNDS, or more where a round would otherwise cut more than 2x (16x: 4, 30x: 5).
     Measured (ResNet-20 at 16x fewer parameters, 8 epochs on 4,000 CIFAR-10 images, 2,000 test
     images, lr 0.04, 3 seeds): 2 rounds x 4 epochs 39.2 +- 2.5 %, 4 rounds x 2 epochs 52.2 +- 1.8 %;
-    a 4x cut in one round leaves too little for the next round's fine-tuning to rebuild from."""
+    a 4x cut in one round leaves too little for the next round's fine-tuning to rebuild from. At 8x the
+    same split lost (64.1 +- 0.4 against 54.4 +- 13.8: 2-epoch rounds at lr 0.04 broke down in one run
+    of three), so below 16x the rounds stay at the default (benchmarks/results/lr_by_rate.json)."""
     return max(DEFAULT_ROUNDS, math.ceil(math.log2(max(rate, 1.0)) - 1e-9))
 
 
