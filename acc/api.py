@@ -252,7 +252,7 @@ def compile(  # noqa: A001 - the verb users know
     output: str | os.PathLike,
     *,
     metric: str = "params",
-    rounds: int | None = None,
+    rounds: int = 3,
     budget_epochs: int = 4,
     search_steps: int | None = None,
     eval_images: int = 512,
@@ -313,8 +313,7 @@ def compile(  # noqa: A001 - the verb users know
     a per-layer table timed there and cached under `latency_cache` (default ~/.cache/acc/latency);
     `latency_check` times the result against the original on onnxruntime when there is no target;
     `recover_cut` and `keep_best` as for `prune`, in every round; `lr` the training's learning rate
-    (None: 0.01 x rate / 2, from 0.01 at 2x to 0.04 at 8x and beyond; acc.prune.schedule.lr_for_rate);
-    `rounds` None: 3, or more where a round would cut more than 2x (acc.prune.schedule.rounds_for_rate)."""
+    (None: 0.01 x rate / 2, from 0.01 at 2x to 0.04 at 8x and beyond; acc.prune.schedule.lr_for_rate)."""
     import math
 
     from acc.autocompress import CompileOptions, compile_model, parse_rate

@@ -36,7 +36,7 @@ from acc.prune.admm import TrainConfig
 from acc.prune.cost import METRICS
 from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, choose_supervision, output_kinds
 from acc.prune.posttrain import CUT_RECOVERY_IMAGES
-from acc.prune.schedule import choose_admm, lr_for_rate, rounds_for_rate
+from acc.prune.schedule import choose_admm, lr_for_rate
 from acc.prune.pipeline import PruneOptions, load_training_data, prune, resolve_input
 from acc.prune.rates import Rates, check_round_to, layer_schemes
 from acc.prune.scoring import RayCluster, ScorerInputs, open_scoring
@@ -64,7 +64,7 @@ def parse_rate(text: str | float) -> float:
 class CompileOptions:
     rate: float
     metric: str = "params"
-    rounds: int | None = None  # None: rounds_for_rate(rate)
+    rounds: int = 3
     budget_epochs: int = 4  # training epochs per round: half ADMM, half masked fine-tuning
     labels: bool | None = None
     seed: int = 0
@@ -154,22 +154,20 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
         raise InputError(f"--metric must be one of {', '.join(METRICS)}")
     if options.strategy not in ("anneal", "uniform"):
         raise InputError("strategy must be 'anneal' or 'uniform'")
-    if options.rounds is not None and options.rounds < 1:
+    if options.rounds < 1:
         raise InputError("--rounds must be at least 1")
     if options.lr is not None and not options.lr > 0:
         raise InputError(f"--lr must be a positive learning rate, got {options.lr}")
-    chosen = [f"{name} {value:g}" for name, value, given in
-              (("rounds", rounds_for_rate(options.rate), options.rounds), ("learning rate", lr_for_rate(options.rate), options.lr))
-              if given is None]
-    options = replace(options, rounds=options.rounds or rounds_for_rate(options.rate),
-                      lr=options.lr or lr_for_rate(options.rate))
+    chosen_lr = options.lr is None
+    if chosen_lr:
+        options = replace(options, lr=lr_for_rate(options.rate))
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
         raise InputError(f"output folder's parent does not exist: {out_dir.parent}")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output path exists and is not a folder: {out_dir}")
-    if chosen:
-        log(f"{', '.join(chosen)} for --rate {options.rate:g}x (--rounds and --lr set them)")
+    if chosen_lr:
+        log(f"learning rate {options.lr:g} for --rate {options.rate:g}x (--lr sets it)")
     loaded = load_model(model_path)
     image = resolve_input(loaded, model_path, options.layout, options.input_shapes)
     options = replace(options, input_shapes=image.shapes, layout=image.layout)

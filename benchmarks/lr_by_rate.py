@@ -2,9 +2,10 @@
 
 acc compile of the shipped CIFAR-10 ResNet-20 at each rate, learning rate and number of rounds,
 over seeds, with compile_cifar10.py's budget (4,000 training images, 2,000 test images, 8 search
-steps, 256 evaluation images): the measurement behind acc.prune.schedule.lr_for_rate and
-rounds_for_rate. Each run's folder is kept under benchmarks/.work/lr_by_rate/; a folder that already
-holds a report.json is read instead of run again (--rerun runs it anyway), so the grid can grow.
+steps, 256 evaluation images): the measurement behind acc.prune.schedule.lr_for_rate, and whether
+more rounds pay at high rates (at equal epochs, and at 4 epochs per round). Each run's folder is kept
+under benchmarks/.work/lr_by_rate/; a folder that already holds a report.json is read instead of run
+again (--rerun runs it anyway), so the grid can grow.
 
     python benchmarks/lr_by_rate.py --rates 8 --lrs 0.01,0.02,0.04 --seeds 0,1,2
     python benchmarks/lr_by_rate.py --rates 16 --lrs 0.04 --rounds 2,4 --epochs 8   # same epochs in all

@@ -14,7 +14,7 @@ from acc import api
 from acc.cli import main
 from acc.errors import InputError
 from acc.prune.objective import Objective, check_distillation, choose_supervision, distill_term
-from acc.prune.schedule import MIN_ADMM_EPOCHS, choose_admm, decay_groups, lr_at, lr_for_rate, rounds_for_rate
+from acc.prune.schedule import MIN_ADMM_EPOCHS, choose_admm, decay_groups, lr_at, lr_for_rate
 
 from onnx_export import export_legacy
 
@@ -196,12 +196,8 @@ def test_compile_learning_rate_follows_the_rate():
     assert [lr_for_rate(r) for r in (1.2, 2, 3, 4, 8, 16, 60)] == pytest.approx([0.01, 0.01, 0.015, 0.02, 0.04, 0.04, 0.04])
 
 
-def test_compile_rounds_cut_at_most_2x_each_from_16x():
-    assert [rounds_for_rate(r) for r in (1.5, 2, 4, 8, 9, 16, 30, 64)] == [3, 3, 3, 3, 4, 4, 5, 6]
-
-
-@pytest.mark.parametrize("flag, lr, rounds", [([], 0.02, 3), (["--lr", "0.005", "--rounds", "2"], 0.005, 2)])
-def test_compile_trains_at_the_rate_s_learning_rate_unless_told(tiny, data, tmp_path, monkeypatch, flag, lr, rounds):
+@pytest.mark.parametrize("flag, lr", [([], 0.02), (["--lr", "0.005"], 0.005)])
+def test_compile_trains_at_the_rate_s_learning_rate_unless_told(tiny, data, tmp_path, monkeypatch, flag, lr):
     import acc.autocompress
 
     class Reached(Exception):
@@ -210,13 +206,13 @@ def test_compile_trains_at_the_rate_s_learning_rate_unless_told(tiny, data, tmp_
     seen = {}
 
     def run_round(k, current, original_path, data, goal, options, *args, **kwargs):
-        seen["lr"], seen["rounds"] = options.lr, options.rounds
+        seen["lr"] = options.lr
         raise Reached
 
     monkeypatch.setattr(acc.autocompress, "_run_round", run_round)
     with pytest.raises(Reached):
         main(["compile", str(tiny), "--rate", "4x", "--data", str(data), "-o", str(tmp_path / "out"), "--no-progress", *flag])
-    assert seen["lr"] == pytest.approx(lr) and seen["rounds"] == rounds
+    assert seen["lr"] == pytest.approx(lr)
 
 
 @pytest.mark.parametrize("value", ["0", "-0.1"])

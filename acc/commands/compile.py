@@ -21,8 +21,7 @@ def register(sub) -> None:
                    help="what --rate counts: dense parameters (default), FLOPs, non-zero parameters "
                    "(the paper's count; the search then also chooses column pruning per layer), or latency "
                    "measured on --target (a per-layer table timed there, cached)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="progressive rounds (default 3, or more where a round would cut more than 2x: 16x 4, 30x 5)")
+    p.add_argument("--rounds", type=int, default=3, help="progressive rounds (default 3)")
     p.add_argument("--budget-epochs", type=int, default=4, help="training epochs per round, half ADMM half fine-tuning (default 4)")
     p.add_argument("--search-steps", type=int, default=None, help="annealing steps per round (default: 100 -> 20 at x0.9, 16 steps)")
     p.add_argument("--eval-images", type=int, default=512, help="validation images that score a search candidate")

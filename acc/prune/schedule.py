@@ -80,20 +80,6 @@ def lr_for_rate(rate: float) -> float:
     return BASE_LR * min(max(rate / 2, 1.0), MAX_LR_FACTOR)
 
 
-DEFAULT_ROUNDS = 3
-
-
-def rounds_for_rate(rate: float) -> int:
-    """acc compile's number of progressive rounds for a --rate when --rounds is not given:
-    DEFAULT_ROUNDS, or more where a round would otherwise cut more than 2x (16x: 4, 30x: 5).
-    Measured (ResNet-20 at 16x fewer parameters, 8 epochs on 4,000 CIFAR-10 images, 2,000 test
-    images, lr 0.04, 3 seeds): 2 rounds x 4 epochs 39.2 +- 2.5 %, 4 rounds x 2 epochs 52.2 +- 1.8 %;
-    a 4x cut in one round leaves too little for the next round's fine-tuning to rebuild from. At 8x the
-    same split lost (64.1 +- 0.4 against 54.4 +- 13.8: 2-epoch rounds at lr 0.04 broke down in one run
-    of three), so below 16x the rounds stay at the default (benchmarks/results/lr_by_rate.json)."""
-    return max(DEFAULT_ROUNDS, math.ceil(math.log2(max(rate, 1.0)) - 1e-9))
-
-
 ADMM_MODES = ("auto", "on", "off")
 # Below this many ADMM epochs one-shot pruning + fine-tuning with all the epochs did as well or
 # better (benchmarks/admm_vs_oneshot.py): ResNet-20, 1,350 images, results/admm_vs_oneshot_short.json:
