@@ -71,6 +71,23 @@ def test_a_graph_onnxruntime_runs_differently_is_taught_by_torch():
     torch.testing.assert_close(teacher(x[:1]), module(x[:1]))
 
 
+def test_a_batch_onnxruntime_cannot_run_is_taught_by_torch_without_an_error_line(capfd):
+    """A Concat with a constant batch-1 operand (as a ViT's class token, exported at batch 1) fails in
+    onnxruntime at a training batch: the torch module teaches, and nothing is printed."""
+    token = numpy_helper.from_array(np.ones((1, 2, 4, 4), np.float32), "token")
+    node = helper.make_node("Concat", ["x", "token"], ["y"], axis=1)
+    graph = helper.make_model(helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4, 4])],
+                                                [token]), opset_imports=[helper.make_opsetid("", 17)])
+    module = torch.nn.Module()
+    module.forward = lambda x: torch.cat([x, torch.ones(len(x), 2, 4, 4)], 1)
+    teacher = OnnxRuntimeTeacher(graph, module)
+    capfd.readouterr()
+    got = teacher(torch.randn(2, 3, 4, 4))
+    assert teacher.fallback and got.shape == (2, 5, 4, 4)
+    assert capfd.readouterr().err == ""
+
+
 def test_distillation_loss_is_the_same_with_either_teacher(model_path):
     graph, module, teacher = _teacher(model_path("resnet20"))
     student = TorchModel(graph).module

@@ -64,6 +64,9 @@ class OnnxRuntimeTeacher:
         self.session = ort.InferenceSession(free_batch(graph).SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        # A batch onnxruntime cannot run is handled (the torch module teaches): no error line on stderr.
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
         self.module = module
         self.checked = False
         self.fallback = False
@@ -88,7 +91,7 @@ class OnnxRuntimeTeacher:
         return got
 
     def _run(self, x: torch.Tensor):
-        outs = self.session.run(None, {self.input_name: x.detach().contiguous().numpy()})
+        outs = self.session.run(None, {self.input_name: x.detach().contiguous().numpy()}, self.run_options)
         tensors = tuple(torch.from_numpy(o) for o in outs)
         return tensors[0] if len(tensors) == 1 else tensors
 
