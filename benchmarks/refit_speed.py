@@ -71,17 +71,14 @@ def main() -> None:
         ms = interleaved_medians({"per_layer": run(0), "one_pass": run(cache_bytes)}, args.repeats)
         refit_module.TARGET_CACHE_BYTES = cache_bytes
         reference = TorchModel(graph)
-        live = [layer for layer in refit_module.layers_to_refit(analysis, plan, TorchModel(masked), reference)
-                if layer.skip is None]
-        targets = refit_module.OriginalTargets(
-            live, [refit_module.positions_per_image(layer, args.images, refit_module.current_weights(layer).shape[1])
-                   for layer in live], list(range(len(live))))
+        targets = refit_module.OriginalTargets(refit_module.layers_to_refit(analysis, plan, TorchModel(masked), reference),
+                                               args.images, seed=0)
         targets.collect(reference.module, estimate, "estimate")
         targets.collect(reference.module, validate, "validate")
-        row = {"model": name, "images": args.images, "ratio": args.ratio, "layers": len(live),
+        row = {"model": name, "images": args.images, "ratio": args.ratio, "layers": len(targets.layers),
                "per_layer_ms": ms["per_layer"], "one_pass_ms": ms["one_pass"],
                "speedup": ms["per_layer"] / ms["one_pass"], "threads": torch.get_num_threads(),
-               "target_mib": targets.bytes / 2**20, "layers_in_one_pass": sum(r is not None for r in targets.rows)}
+               "target_mib": targets.bytes / 2**20, "layers_in_one_pass": sum(r is not None for r in targets.rows.values())}
         rows.append(row)
         print(f"{name}: per layer {row['per_layer_ms'] / 1000:.1f} s, one pass {row['one_pass_ms'] / 1000:.1f} s "
               f"({row['speedup']:.2f}x), targets {row['target_mib']:.0f} MiB", flush=True)

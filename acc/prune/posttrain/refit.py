@@ -347,20 +347,27 @@ def rows_of(layer: RefitLayer, x: torch.Tensor, y: torch.Tensor, per_image: int 
 TARGET_CACHE_BYTES = 512 * 1024**2  # target rows kept from one pass of the original; past it a layer runs the original again
 
 
+def layer_generator(seed: int, index: int) -> torch.Generator:
+    """The generator that draws the sampled positions of the refit's `index`-th layer."""
+    return torch.Generator().manual_seed(seed * 1000 + index)
+
+
 class OriginalTargets:
     """Every layer's target rows (the original's output at the sampled positions), taken by one
     forward pass of the original per batch instead of one pass up to each layer per layer: the
     original does not change while the pruned model is refitted layer by layer. The positions are
     drawn from each layer's own generator in the order the per-layer path draws them (estimate
     batches, then validation batches), so both paths give the same rows. Layers whose rows would
-    pass `budget` bytes are left to the per-layer path."""
+    pass `budget` bytes are left to the per-layer path. Layers are keyed by their index in the
+    refit's list; skipped ones are left out."""
 
-    def __init__(self, layers: list[RefitLayer], per_image: list[int | None], seeds: list[int],
-                 budget: int | None = None):
-        self.layers, self.per_image = layers, per_image
+    def __init__(self, layers: list[RefitLayer], images: int, seed: int, budget: int | None = None):
+        self.layers = {i: layer for i, layer in enumerate(layers) if layer.skip is None}
+        self.per_image = {i: positions_per_image(layer, images, current_weights(layer).shape[1])
+                          for i, layer in self.layers.items()}
         self.budget = TARGET_CACHE_BYTES if budget is None else budget
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self.rows: list[dict[str, list] | None] = [{"estimate": [], "validate": []} for _ in layers]
+        self.generators = {i: layer_generator(seed, i) for i in self.layers}
+        self.rows: dict[int, dict[str, list] | None] = {i: {"estimate": [], "validate": []} for i in self.layers}
         self.bytes = 0
 
     @torch.no_grad()
@@ -383,7 +390,7 @@ class OriginalTargets:
                 self.rows[i][split].append((pick, Y))
             return hook
 
-        handles = [layer.original.register_forward_hook(hook_for(i)) for i, layer in enumerate(self.layers)]
+        handles = [layer.original.register_forward_hook(hook_for(i)) for i, layer in self.layers.items()]
         try:
             for x, _ in data.batches(BATCH):
                 seen.clear()
@@ -392,12 +399,10 @@ class OriginalTargets:
             for handle in handles:
                 handle.remove()
 
-    def of(self, layer: RefitLayer, split: str) -> list | None:
-        """(pick, Y) per batch of `split` for `layer`, or None where it was not kept."""
-        for i, known in enumerate(self.layers):
-            if known is layer:
-                return None if self.rows[i] is None else self.rows[i][split]
-        return None
+    def of(self, index: int, split: str) -> list | None:
+        """(pick, Y) per batch of `split` for the `index`-th layer, or None where it was not kept."""
+        rows = self.rows.get(index)
+        return None if rows is None else rows[split]
 
 
 def accumulate(layer: RefitLayer, pruned: nn.Module, original: nn.Module, data, W0: torch.Tensor,
@@ -431,12 +436,8 @@ def refit(layers: list[RefitLayer], pruned: nn.Module, original: nn.Module, esti
     pruned.eval()
     original.eval()
     records = []
-    images = len(estimate) + len(validate)
-    live = [(i, layer) for i, layer in enumerate(layers) if layer.skip is None]
     try:
-        targets = OriginalTargets([layer for _, layer in live],
-                                  [positions_per_image(layer, images, current_weights(layer).shape[1]) for _, layer in live],
-                                  [seed * 1000 + i for i, _ in live])
+        targets = OriginalTargets(layers, len(estimate) + len(validate), seed)
         targets.collect(original, estimate, "estimate")
         targets.collect(original, validate, "validate")
         for i, layer in enumerate(layers):
@@ -446,10 +447,9 @@ def refit(layers: list[RefitLayer], pruned: nn.Module, original: nn.Module, esti
                 records.append({**record, "refitted": False, "reason": layer.skip})
                 continue
             W0 = current_weights(layer)
-            per_image = positions_per_image(layer, images, W0.shape[1])
-            generator = torch.Generator().manual_seed(seed * 1000 + i)
-            est = accumulate(layer, pruned, original, estimate, W0, per_image, generator, targets.of(layer, "estimate"))
-            val = accumulate(layer, pruned, original, validate, W0, per_image, generator, targets.of(layer, "validate"))
+            per_image, generator = targets.per_image[i], layer_generator(seed, i)
+            est = accumulate(layer, pruned, original, estimate, W0, per_image, generator, targets.of(i, "estimate"))
+            val = accumulate(layer, pruned, original, validate, W0, per_image, generator, targets.of(i, "validate"))
             fit = ridge_fit(est, val, W0.cpu())
             if fit.changed:
                 write_weights(layer, fit.W.to(W0.device))
