@@ -163,7 +163,7 @@ def prune(
     not the last epoch); False: on the last epoch."""
     from acc.backends import latency_device
     from acc.errors import InputError
-    from acc.prune.admm import TrainConfig
+    from acc.prune.admm import TrainConfig, divergence_lines
     from acc.prune.pipeline import PruneOptions
     from acc.prune.pipeline import prune as _prune
     from acc.prune.rates import Rates, check_round_to, load_rates, round_rates, uniform_rates
@@ -222,6 +222,8 @@ def prune(
     result = _prune(model, data, options, rates_from_analysis=choose)
     if result.model is None:  # a rank other than 0 of a multi-process run: rank 0 writes
         return result
+    for line in divergence_lines(result.report["history"], options.train):
+        log(line)
     if output is not None:
         atomic.write_bytes(output, result.model.SerializeToString())
     if timed_on is not None:

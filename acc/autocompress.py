@@ -32,7 +32,7 @@ from acc.passes.counting import count
 from acc.passes.importer import normalize
 from acc.passes.load import load_model
 from acc.prune import distributed
-from acc.prune.admm import TrainConfig
+from acc.prune.admm import TrainConfig, divergence_lines
 from acc.prune.cost import METRICS
 from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, choose_supervision, output_kinds
 from acc.prune.posttrain import CUT_RECOVERY_IMAGES
@@ -359,6 +359,8 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     if not world.is_main:
         return None
     r = result.report
+    for line in divergence_lines(r["history"], config):
+        log(f"round {k}: {line}")
     group_rates, column_rates = cost.split(rates)
     measured = {}
     if latency is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -241,3 +242,78 @@ def test_compile_passes_last_epoch_to_every_round(tiny, data, tmp_path, monkeypa
     with pytest.raises(Reached):
         main(["compile", str(tiny), "--rate", "1.5x", "--data", str(data), "-o", str(tmp_path / "out"), "--no-progress", *flag])
     assert seen == {"keep_best": keep_best}
+
+
+def _diverging_run(tiny, data, tmp_path=None, **kw):
+    """Fine-tuning at a learning rate that blows the tiny model up (losses of 1e7 and more)."""
+    lines = []
+    args = dict(uniform=0.5, epochs=0, finetune_epochs=2, admm="off", finetune_lr=50.0, recover_cut=64,
+                **{**FAST, "log": lines.append})
+    if tmp_path is not None:
+        args["output"] = tmp_path / "o.onnx"
+    return api.prune(tiny, data, **{**args, **kw}), lines
+
+
+def test_a_diverged_epoch_is_redone_at_half_the_learning_rate(tiny, data, tmp_path):
+    import json
+    import math
+
+    from acc.prune.admm import DIVERGED_FACTOR
+
+    result, lines = _diverging_run(tiny, data, tmp_path, report=tmp_path / "r.json")
+    history = json.loads((tmp_path / "r.json").read_text())["history"]  # strict JSON: no NaN or Infinity
+    diverged = [h for h in history if h["phase"] == "diverged"]
+    epochs = [h for h in history if h["phase"] == "finetune"]
+    assert diverged and all(h["in"] == "finetune" and h["epoch"] == 1 for h in diverged)
+    assert [h["lr_scale"] for h in diverged] == [0.5 ** i for i in range(len(diverged))]
+    # Every epoch ran to the end at the rate it settled on, with finite, sane losses.
+    assert [h["epoch"] for h in epochs] == [1, 2]
+    assert all(math.isfinite(h["val_loss"]) and h["val_loss"] < DIVERGED_FACTOR for h in epochs)
+    assert len(lines) == len(diverged) and "diverged at learning rate 50 " in lines[0] and "half" in lines[0]
+    assert all(np.isfinite(onnx.numpy_helper.to_array(t)).all() for t in result.model.graph.initializer)
+
+
+@pytest.mark.parametrize("admm", ["off", "on"])
+def test_a_phase_that_diverges_at_every_rate_ends_where_it_was(tiny, data, admm):
+    """At 1e12 every halving still blows up: after MAX_BACKOFFS the phase gives up its epochs. Fine-tuning
+    ends on the cut as recovered (keep_best); an ADMM phase goes on to the cut from its last sane state."""
+    from acc.prune.admm import MAX_BACKOFFS
+
+    finetune_lr = 1e12 if admm == "off" else 0.01  # with ADMM on, only ADMM blows up
+    result, _ = _diverging_run(tiny, data, finetune_lr=finetune_lr, lr=1e12, admm=admm, epochs=2 if admm == "on" else 0)
+    history = result.report["history"]
+    diverged = [h for h in history if h["phase"] == "diverged"]
+    assert len(diverged) == MAX_BACKOFFS + 1 and diverged[-1]["action"] == "phase ended"
+    assert [h["in"] for h in diverged] == [admm == "on" and "admm" or "finetune"] * len(diverged)
+    cut = next(h for h in history if h["phase"] == "hard_prune")
+    if admm == "off":
+        assert not any(h["phase"] == "finetune" for h in history)
+        assert result.report["accuracy_after"]["val"]["loss"] == pytest.approx(cut["val_loss_recovered"], rel=1e-4)
+    else:  # the cut starts from the original's weights: nothing of the blown-up epochs is left
+        assert not any(h["phase"] == "admm" for h in history) and cut["val_loss_before"] < 10
+        assert [h["epoch"] for h in history if h["phase"] == "finetune"] == [1, 2]  # at the halved rate
+
+
+def test_a_run_resumed_after_a_back_off_matches_an_uninterrupted_one(tiny, data, tmp_path, monkeypatch):
+    """The halved learning rate is in the checkpoint: killed in the redone epoch, the resumed run
+    ends bit for bit where the uninterrupted one does."""
+    from acc.prune import pipeline
+
+    for run in "ab":
+        (tmp_path / run).mkdir()
+    a, _ = _diverging_run(tiny, data, tmp_path / "a")
+    original = pipeline._Progress.__call__
+
+    def interrupt(self, **kw):
+        if kw["phase"] == "fine-tune" and kw["epoch"] == 2 and kw["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline._Progress, "__call__", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _diverging_run(tiny, data, tmp_path / "b")
+    monkeypatch.setattr(pipeline._Progress, "__call__", original)
+    b, _ = _diverging_run(tiny, data, tmp_path / "b", resume=True)
+    wa = {t.name: onnx.numpy_helper.to_array(t) for t in a.model.graph.initializer}
+    wb = {t.name: onnx.numpy_helper.to_array(t) for t in b.model.graph.initializer}
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert a.report["history"] == b.report["history"] and any(h["phase"] == "diverged" for h in b.report["history"])

@@ -28,6 +28,11 @@ from 0.81 to 0.08 at 4x (penalty: 0.805) and the accuracy drop at the hard prune
 cut), and the final accuracy is 44.0 % at 4x against one-shot's 37.9 (penalty 26.5), 67.1 against
 70.3 at 2x. `acc.prune.schedule.choose_admm` is the policy that follows.
 
+An epoch whose loss blows up (`DIVERGED_FACTOR`) is redone from its start at half the learning rate
+(`Trainer._back_off`); after MAX_BACKOFFS halvings the phase ends where it was. High rates train at
+up to 4x the base rate (acc.prune.schedule.lr_for_rate), and a user's model may not take it: without
+this, the rest of the budget trained NaN weights and keep_best could only return an earlier state.
+
 The run is a resumable state machine: a checkpoint after every epoch holds the weights, the
 optimizer, Z, U, rho, masks and where the run stands (after the hard prune, also the small model's
 graph to rebuild it from); each epoch's data order and augmentation are seeded by (seed, epoch), so a
@@ -36,6 +41,7 @@ resumed run computes what an uninterrupted one does.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -51,6 +57,24 @@ from acc.prune.schedule import cosine_lr, decay_groups, lr_at  # noqa: F401 - co
 
 
 PULL = 4.0
+# An epoch diverged when its training or validation loss is not finite or passes this many times
+# max(the validation loss it started from, 1): the objective's terms are scaled so that a trivial
+# predictor scores about 1 to ln(classes) (acc.prune.objective), and the high-rate dips that later
+# recover stay within a few times their start; only a run that blew up goes past 1000x.
+DIVERGED_FACTOR = 1000.0
+MAX_BACKOFFS = 4  # halvings of the learning rate before a phase gives up its remaining epochs
+
+
+def _finite_or_text(value: float):
+    """A loss for report.json, which holds no NaN or infinity: the number, or 'nan' / 'inf'."""
+    return value if math.isfinite(value) else str(value)
+
+
+def divergence_lines(history: list[dict], config: "TrainConfig") -> list[str]:
+    """One line per diverged epoch in a run's history, for the log (the records are in report.json)."""
+    lr = {"admm": config.lr, "finetune": config.finetune_lr}
+    return [f"{h['in']} epoch {h['epoch']} diverged at learning rate {lr[h['in']] * h['lr_scale']:g} (loss {h['train_loss']}, "
+            f"validation {h['val_loss']}): {h['action']}" for h in history if h.get("phase") == "diverged"]
 
 
 def sgd(module: torch.nn.Module, lr: float, momentum: float, weight_decay: float,
@@ -95,6 +119,9 @@ class RunState:
     rho: float = 0.0
     history: list = field(default_factory=list)
     kept_by_hard_prune: dict = field(default_factory=dict)  # group name -> channels the hard prune kept
+    lr_scale: float = 1.0  # halved each time an epoch diverged (`Trainer._diverged`); kept across phases
+    backoffs: int = 0
+    reference_loss: float | None = None  # the last finite validation loss: where the next epoch starts
 
 
 class Trainer:
@@ -220,6 +247,7 @@ class Trainer:
             if self.shrink is not None:
                 self._adopt(self.shrink.from_hard_prune(self))
             self._remember(0, cut.get("val_loss_recovered", cut.get("val_loss_after")))
+            self.state.reference_loss = cut.get("val_loss_recovered", cut.get("val_loss_after"))
             self.state.phase, self.state.epoch = "finetune", 0
             self.optimizer = self._make_optimizer(self.cfg.finetune_lr)
             if self.cfg.admm_epochs > 0:  # one-shot: the hard prune is a function of the input, redone on
@@ -294,6 +322,7 @@ class Trainer:
         module = self._training_module()
         module.train()
         running = 0.0
+        start = self._snapshot()
         batches = self.train.batches(cfg.batch_size, shuffle=True, augment=True, generator=generator, shard=self.world.shard)
         for i, (x, y) in enumerate(batches):
             if i >= steps:
@@ -307,6 +336,7 @@ class Trainer:
                 lr = base_lr if cfg.admm_mode == "proximal" else cosine_lr(base_lr, step, total_steps)
             else:
                 lr = lr_at(cfg.schedule, base_lr, step, total_steps, cfg.warmup)
+            lr *= st.lr_scale
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             loss = self.objective(module(as_layout(x, self.channels_last)), x, y)  # every output: see acc.prune.objective
@@ -330,12 +360,19 @@ class Trainer:
             elif cfg.admm_mode == "proximal":
                 self._follow_kept()
             running += task_loss
+            if self.world.size == 1 and not math.isfinite(task_loss):
+                steps = i + 1  # no step can bring it back; the epoch is redone below at a lower rate
+                break
             if self.world.is_main:
                 self.progress(phase="ADMM" if admm else "fine-tune", epoch=st.epoch + 1, epochs=total_epochs,
                               step=i + 1, steps=steps, loss=running / (i + 1), rho=st.rho if admm else None)
         running = self.world.sum([running])[0] / self.world.size
         record = {"phase": "admm" if admm else "finetune", "epoch": st.epoch + 1, "train_loss": running / steps}
         record.update({f"val_{k}": v for k, v in evaluate(self.module, self.val, self.objective, world=self.world).items()})
+        if self._diverged(record):
+            self._back_off(start, record, admm)
+            return
+        st.reference_loss = record["val_loss"]
         if admm:
             record["rho"] = st.rho
             record["residual"] = self.residuals[-1] if self.residuals else None
@@ -344,6 +381,43 @@ class Trainer:
         st.epoch += 1
         if not admm:
             self._remember(st.epoch, record.get("val_loss"))
+        self.save()
+
+    def _diverged(self, record: dict) -> bool:
+        """The epoch blew up (see DIVERGED_FACTOR); every rank decides alike, on figures summed over ranks."""
+        reference = self.state.reference_loss
+        limit = DIVERGED_FACTOR * max(reference if reference is not None and math.isfinite(reference) else 1.0, 1.0)
+        return any(not math.isfinite(v) or v > limit for v in (record["train_loss"], record["val_loss"]))
+
+    def _snapshot(self) -> dict:
+        """What an epoch changes, copied at its start, for `_back_off` to return to."""
+        return {
+            "module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "Z": {n: z.clone() for n, z in self.Z.items()}, "U": {n: u.clone() for n, u in self.U.items()},
+            "state": copy.deepcopy(asdict(self.state)),
+            "residuals": list(self.residuals), "distances": list(self.distances),
+        }
+
+    def _back_off(self, start: dict, record: dict, admm: bool) -> None:
+        """A diverged epoch: back to where it started, at half the learning rate, and redo it; after
+        MAX_BACKOFFS halvings the phase ends there (fine-tuning then ends on its best state, ADMM
+        goes on to the hard prune). Recorded in the history (report.json)."""
+        self.module.load_state_dict(start["module"])
+        self.optimizer.load_state_dict(start["optimizer"])
+        self.Z, self.U = start["Z"], start["U"]
+        self.residuals, self.distances = start["residuals"], start["distances"]
+        st = self.state = RunState(**start["state"])
+        st.backoffs += 1
+        gave_up = st.backoffs > MAX_BACKOFFS
+        st.history.append({"phase": "diverged", "in": "admm" if admm else "finetune", "epoch": st.epoch + 1,
+                           "train_loss": _finite_or_text(record["train_loss"]), "val_loss": _finite_or_text(record["val_loss"]),
+                           "lr_scale": st.lr_scale,
+                           "action": "phase ended" if gave_up else "epoch redone at half the learning rate"})
+        if gave_up:
+            st.epoch = self.cfg.admm_epochs if admm else self.cfg.finetune_epochs
+        else:
+            st.lr_scale *= 0.5
         self.save()
 
     def _measured_hard_prune(self) -> dict:
