@@ -390,11 +390,17 @@ class Trainer:
         return any(not math.isfinite(v) or v > limit for v in (record["train_loss"], record["val_loss"]))
 
     def _snapshot(self) -> dict:
-        """What an epoch changes, copied at its start, for `_back_off` to return to."""
+        """What an epoch changes, copied at its start (on the CPU: no accelerator memory) for
+        `_back_off` to return to."""
+        def host(tensors: dict) -> dict:
+            return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v) for k, v in tensors.items()}
+
+        optimizer = self.optimizer.state_dict()
         return {
-            "module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "Z": {n: z.clone() for n, z in self.Z.items()}, "U": {n: u.clone() for n, u in self.U.items()},
+            "module": host(self.module.state_dict()),
+            "optimizer": {"param_groups": copy.deepcopy(optimizer["param_groups"]),
+                          "state": {i: host(s) if isinstance(s, dict) else s for i, s in optimizer["state"].items()}},
+            "Z": host(self.Z), "U": host(self.U),
             "state": copy.deepcopy(asdict(self.state)),
             "residuals": list(self.residuals), "distances": list(self.distances),
         }
@@ -405,7 +411,9 @@ class Trainer:
         goes on to the hard prune). Recorded in the history (report.json)."""
         self.module.load_state_dict(start["module"])
         self.optimizer.load_state_dict(start["optimizer"])
-        self.Z, self.U = start["Z"], start["U"]
+        device = {n: self.tensors[n].device for n in start["Z"]}
+        self.Z = {n: z.to(device[n]) for n, z in start["Z"].items()}
+        self.U = {n: u.to(device[n]) for n, u in start["U"].items()}
         self.residuals, self.distances = start["residuals"], start["distances"]
         st = self.state = RunState(**start["state"])
         st.backoffs += 1
