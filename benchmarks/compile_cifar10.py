@@ -1,9 +1,10 @@
 """Does the search beat uniform rates, and Torch-Pruning, at the same budget?
 
-The shipped CIFAR-10 ResNet-20 compiled to each target three ways, with the same data and epochs:
+The shipped CIFAR-10 ResNet-20 (or another CIFAR model of models/: --model its ONNX export, e.g. one
+models/train_cifar.py trained) compiled to each target three ways, with the same data and epochs:
   search:   acc compile (simulated annealing + guidance, then ADMM, purification, fine-tuning);
   uniform:  acc compile with one rate for every group (same rounds, same ADMM budget);
-  torch-pruning: Torch-Pruning's global magnitude (L1) pruning of the torch ResNet-20 with the same
+  torch-pruning: Torch-Pruning's global magnitude (L1) pruning of the torch model with the same
             trained weights to the same parameter count, then the same number of fine-tuning epochs.
 Accuracy on the CIFAR-10 test split, which nothing is chosen on. Torch-Pruning is installed into
 benchmarks/.deps (--no-deps), never as a dependency of acc.
@@ -16,6 +17,7 @@ the same rate, so the table shows what the column scheme adds at an equal non-ze
     python benchmarks/compile_cifar10.py            # 2 CPU cores
     python benchmarks/compile_cifar10.py --full     # whole training set, longer budget (GPU)
     python benchmarks/compile_cifar10.py --metric nonzero --targets 8,30
+    python benchmarks/compile_cifar10.py --model benchmarks/.work/trained/mobilenetv2.onnx --targets 4,8 --seeds 0,1,2
     python benchmarks/compile_cifar10.py --methods search,torch-pruning --seeds 0,1,2 --peer-epochs 8,20
                                                     # the peer also at more epochs: accuracy at equal wall time
 """
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,8 +58,8 @@ def torch_pruning():
     return tp
 
 
-def trained_resnet20(model_path):
-    """models/ ResNet-20 with the weights of the shipped ONNX (initializer names are state-dict keys)."""
+def trained_torch(model_path, arch: str):
+    """models/' `arch` with the weights of the ONNX it was exported to (initializer names are state-dict keys)."""
     import numpy as np
     import torch
     from onnx import numpy_helper
@@ -64,7 +68,7 @@ def trained_resnet20(model_path):
 
     onnx_model = import_model(model_path)
     values = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in onnx_model.graph.initializer}
-    net = build("resnet20")
+    net = build(arch)
     state = {k: values.get(k, v) for k, v in net.state_dict().items()}
     net.load_state_dict(state)
     return net.eval()
@@ -109,19 +113,23 @@ def finetune_torch(net, model_path, data, epochs, limit, test_limit, batch, lr, 
     return {"accuracy_before": acc_before, "accuracy_after": evaluate(net, test, objective)["accuracy"]}
 
 
-def run_torch_pruning(model_path, data, target, epochs, limit, test_limit, batch, lr, device, tmp, seed=0):
+def run_torch_pruning(model_path, arch, data, target, epochs, limit, test_limit, batch, lr, device, tmp, seed=0):
     import torch
 
     tp = torch_pruning()
-    base = trained_resnet20(model_path)
+    base = trained_torch(model_path, arch)
+    classifier = [m for m in base.modules() if isinstance(m, torch.nn.Linear)][-1]  # its outputs are the classes
     base_counts = onnx_counts(base, tmp)
     before = base_counts.params
     example = torch.randn(1, 3, 32, 32)
 
+    classifier_name = next(n for n, m in base.named_modules() if m is classifier)
+
     def pruned(ratio):
         net = copy.deepcopy(base)
         pruner = tp.pruner.MagnitudePruner(net, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, global_pruning=True, ignored_layers=[net.fc])
+                                           pruning_ratio=ratio, global_pruning=True,
+                                           ignored_layers=[dict(net.named_modules())[classifier_name]])
         pruner.step()
         return net
 
@@ -173,8 +181,16 @@ def main(argv=None) -> int:
                         "more gives the peer acc's wall time: accuracy at equal time)")
     p.add_argument("--lr", type=float, default=None, help="acc's learning rate (default: acc's default)")
     p.add_argument("--peer-lr", type=float, default=0.01, help="Torch-Pruning's fine-tuning learning rate (default 0.01)")
+    p.add_argument("--arch", default=None,
+                   help="the models/ definition of --model, for Torch-Pruning (default: the model file's name, e.g. "
+                        "mobilenetv2 for .../mobilenetv2.onnx); the ONNX must be that definition's export")
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
+    from models.export import REGISTRY
+
+    arch = args.arch or Path(args.model).stem
+    if arch not in REGISTRY:
+        p.error(f"--arch: {arch!r} is not a CIFAR model of models/ ({', '.join(sorted(REGISTRY))})")
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,7 +198,8 @@ def main(argv=None) -> int:
     limit = args.train_images or (None if args.full else 4000)
     test_limit = args.test_images or (None if args.full else 2000)
     batch = 256 if device == "cuda" else 128
-    work = ROOT / "benchmarks" / ".work"
+    # Per model and process: runs of other models or seeds may go on side by side.
+    work = ROOT / "benchmarks" / ".work" / f"compile_cifar10_{arch}_{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     methods = args.methods.split(",")
@@ -217,21 +234,21 @@ def main(argv=None) -> int:
             continue
         for peer_epochs in peer_epoch_list:
             started = time.time()
-            tp_row = run_torch_pruning(args.model, args.data, target, peer_epochs, limit, test_limit, batch,
+            tp_row = run_torch_pruning(args.model, arch, args.data, target, peer_epochs, limit, test_limit, batch,
                                        args.peer_lr, device, work, seed)
             method = "torch-pruning" if peer_epochs == epochs * args.rounds else f"torch-pruning ({peer_epochs} epochs)"
             rows.append({"target": target, "seed": seed, "method": method, "metric": "params", **tp_row,
                          "nonzero_after": tp_row["params_after"], "epochs": peer_epochs,
                          "seconds": time.time() - started})
             print(f"{target:g}x seed {seed} {method}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
-    budget = {"rounds": args.rounds, "epochs_per_round": epochs, "total_epochs": epochs * args.rounds,
+    budget = {"model": arch, "rounds": args.rounds, "epochs_per_round": epochs, "total_epochs": epochs * args.rounds,
               "torch_pruning_finetune_epochs": peer_epoch_list, "train_images": limit or "all",
               "test_images": test_limit or 10000, "device": device, "full": args.full, "seeds": args.seeds,
               "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50, "metric": args.metric,
               "recover_cut": "acc default" if args.recover_cut is None else args.recover_cut,
               "lr": "acc default" if args.lr is None else args.lr, "peer_lr": args.peer_lr}
     print()
-    print(f"ResNet-20, CIFAR-10; budget: {budget}")
+    print(f"{arch}, CIFAR-10; budget: {budget}")
     print(table(["target", "method", "test acc before", "test acc after", "params (dense)", "params (non-zero)",
                  "FLOPs", "seconds"],
                 [[f"{r['target']:g}x", r["method"], f"{100 * r['accuracy_before']:.2f}%", f"{100 * r['accuracy_after']:.2f}%",
@@ -243,11 +260,12 @@ def main(argv=None) -> int:
         print(table(["target", "method", "test acc (mean +- std)", "seconds (mean)"],
                     [[f"{s['target']:g}x", s["method"], f"{100 * s['mean']:.2f} +- {100 * s['std']:.2f}",
                       f"{s['seconds']:.0f}"] for s in summary]))
-    name = args.name or ("compile_cifar10" + ("_full" if args.full else "") + ("_nonzero" if args.metric == "nonzero" else ""))
+    name = args.name or ("compile_cifar10" + ("" if arch == "resnet20" else f"_{arch}") + ("_full" if args.full else "") + ("_nonzero" if args.metric == "nonzero" else ""))
     path = record.write(name,
-                        "acc compile (search) vs uniform rates vs Torch-Pruning global magnitude, same budget, ResNet-20 CIFAR-10",
+                        f"acc compile (search) vs uniform rates vs Torch-Pruning global magnitude, same budget, {arch} CIFAR-10",
                         rows, budget, args.out, summary=summary)
     print(f"wrote {path}")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
