@@ -229,7 +229,9 @@ def prune(
     if timed_on is not None:
         result.report["latency"] = _measure_latency(model, result.model, output, timed_on, log)
     if report is not None:
-        atomic.write_text(report, json.dumps(result.report, indent=2, default=float))
+        from acc.report import strict_json
+
+        atomic.write_text(report, strict_json(result.report, indent=2))
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -285,8 +286,24 @@ def _scoring_text(scoring: dict, candidates: int) -> str:
             f"{scoring['candidates_per_step']} candidates per step")
 
 
+def strict_json(value, **kwargs) -> str:
+    """json.dumps for report.json: strict JSON, which has no NaN or infinity (other readers than
+    Python's refuse them): such floats, e.g. a diverged candidate's energy, are written as the
+    strings 'nan', 'inf', '-inf'."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False, default=lambda v: clean(float(v)), **kwargs)
+
+
 def write_report(out_dir: Path, report: dict) -> None:
     plots = _plots(out_dir, report)
     report["plots"] = plots
-    atomic.write_text(out_dir / "report.json", json.dumps(report, indent=2, default=float))
+    atomic.write_text(out_dir / "report.json", strict_json(report, indent=2))
     atomic.write_text(out_dir / "report.md", markdown(report, plots))

@@ -84,6 +84,21 @@ def test_the_lower_energy_start_is_where_the_annealing_starts(resnet, energies, 
     assert len(scorer.scored) > 3  # the annealing moved on from the start
 
 
+def test_a_start_whose_scoring_blew_up_is_never_chosen(resnet):
+    """A NaN energy (a candidate's fine-tuning diverged) counts as infinite: np.argmin alone would pick it."""
+    cost = cost_model(resnet, "params")
+    config = SearchConfig(cooling=0.5, seed=2)
+    guidance = Guidance(resnet, cost, config)
+    goal = cost.total("params") / 2
+    starts = guidance.starts(goal, "params")
+    scorer = KindScorer(starts, {"uniform": float("nan"), "l1": 8.0, "bn": 6.0}, other=float("nan"))
+    annealer = Annealer(guidance, scorer, goal, "params", config)
+    best = annealer.run()
+    st = annealer.state
+    assert st.start_kind == "bn" and st.start_energies["uniform"] == float("inf")
+    assert best.tolist() == starts["bn"].tolist() and st.best_energy == 6.0  # no NaN proposal was taken
+
+
 def test_proposals_keep_the_shape_of_a_global_start(resnet):
     """Around a global allocation the experience rule's sorting is not applied (it would undo it)."""
     cost = cost_model(resnet, "params")

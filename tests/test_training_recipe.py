@@ -3,6 +3,7 @@ kept weights, the proximal ADMM W-step and the --admm policy."""
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import onnx
@@ -244,6 +245,10 @@ def test_compile_passes_last_epoch_to_every_round(tiny, data, tmp_path, monkeypa
     assert seen == {"keep_best": keep_best}
 
 
+def _refuse(constant):
+    raise AssertionError(f"report.json is not strict JSON: {constant}")
+
+
 def _diverging_run(tiny, data, tmp_path=None, **kw):
     """Fine-tuning at a learning rate that blows the tiny model up (losses of 1e7 and more)."""
     lines = []
@@ -255,13 +260,12 @@ def _diverging_run(tiny, data, tmp_path=None, **kw):
 
 
 def test_a_diverged_epoch_is_redone_at_half_the_learning_rate(tiny, data, tmp_path):
-    import json
     import math
 
     from acc.prune.admm import DIVERGED_FACTOR
 
     result, lines = _diverging_run(tiny, data, tmp_path, report=tmp_path / "r.json")
-    history = json.loads((tmp_path / "r.json").read_text())["history"]  # strict JSON: no NaN or Infinity
+    history = json.loads((tmp_path / "r.json").read_text(), parse_constant=_refuse)["history"]
     diverged = [h for h in history if h["phase"] == "diverged"]
     epochs = [h for h in history if h["phase"] == "finetune"]
     assert diverged and all(h["in"] == "finetune" and h["epoch"] == 1 for h in diverged)
@@ -274,14 +278,18 @@ def test_a_diverged_epoch_is_redone_at_half_the_learning_rate(tiny, data, tmp_pa
 
 
 @pytest.mark.parametrize("admm", ["off", "on"])
-def test_a_phase_that_diverges_at_every_rate_ends_where_it_was(tiny, data, admm):
+def test_a_phase_that_diverges_at_every_rate_ends_where_it_was(tiny, data, admm, tmp_path):
     """At 1e12 every halving still blows up: after MAX_BACKOFFS the phase gives up its epochs. Fine-tuning
     ends on the cut as recovered (keep_best); an ADMM phase goes on to the cut from its last sane state."""
     from acc.prune.admm import MAX_BACKOFFS
 
     finetune_lr = 1e12 if admm == "off" else 0.01  # with ADMM on, only ADMM blows up
-    result, _ = _diverging_run(tiny, data, finetune_lr=finetune_lr, lr=1e12, admm=admm, epochs=2 if admm == "on" else 0)
+    result, _ = _diverging_run(tiny, data, finetune_lr=finetune_lr, lr=1e12, admm=admm, epochs=2 if admm == "on" else 0,
+                               report=tmp_path / "r.json")
     history = result.report["history"]
+    assert any(h["phase"] == "diverged" and h["train_loss"] != h["train_loss"] for h in history)  # NaN losses
+    strict = json.loads((tmp_path / "r.json").read_text(), parse_constant=_refuse)  # written as 'nan': strict JSON
+    assert "nan" in [h.get("train_loss") for h in strict["history"]]
     diverged = [h for h in history if h["phase"] == "diverged"]
     assert len(diverged) == MAX_BACKOFFS + 1 and diverged[-1]["action"] == "phase ended"
     assert [h["in"] for h in diverged] == [admm == "on" and "admm" or "finetune"] * len(diverged)

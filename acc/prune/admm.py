@@ -65,11 +65,6 @@ DIVERGED_FACTOR = 1000.0
 MAX_BACKOFFS = 4  # halvings of the learning rate before a phase gives up its remaining epochs
 
 
-def _finite_or_text(value: float):
-    """A loss for report.json, which holds no NaN or infinity: the number, or 'nan' / 'inf'."""
-    return value if math.isfinite(value) else str(value)
-
-
 def divergence_lines(history: list[dict], config: "TrainConfig") -> list[str]:
     """One line per diverged epoch in a run's history, for the log (the records are in report.json)."""
     lr = {"admm": config.lr, "finetune": config.finetune_lr}
@@ -419,7 +414,7 @@ class Trainer:
         st.backoffs += 1
         gave_up = st.backoffs > MAX_BACKOFFS
         st.history.append({"phase": "diverged", "in": "admm" if admm else "finetune", "epoch": st.epoch + 1,
-                           "train_loss": _finite_or_text(record["train_loss"]), "val_loss": _finite_or_text(record["val_loss"]),
+                           "train_loss": record["train_loss"], "val_loss": record["val_loss"],
                            "lr_scale": st.lr_scale,
                            "action": "phase ended" if gave_up else "epoch redone at half the learning rate"})
         if gave_up:

@@ -564,10 +564,14 @@ class Annealer:
         return [self.state.cache[key] for key in keys]
 
     def _energies(self, batch: list[tuple[np.ndarray, int]]) -> list[float]:
-        """(rates, seed_offset) pairs scored by the pool (acc.prune.scoring), or one by one by a plain scorer."""
+        """(rates, seed_offset) pairs scored by the pool (acc.prune.scoring), or one by one by a plain
+        scorer. A candidate whose fine-tuning blew up (a loss that is not finite) gets an infinite
+        energy: NaN would win np.argmin (the start, a move) and lose every comparison after."""
         if hasattr(self.scorer, "energies"):
-            return list(self.scorer.energies(batch))
-        return [self.scorer.energy(rates, seed_offset=offset) for rates, offset in batch]
+            energies = list(self.scorer.energies(batch))
+        else:
+            energies = [self.scorer.energy(rates, seed_offset=offset) for rates, offset in batch]
+        return [e if math.isfinite(e) else math.inf for e in energies]
 
     def steps_total(self) -> int:
         return annealing_steps(self.config)
