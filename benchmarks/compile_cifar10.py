@@ -207,6 +207,19 @@ def main(argv=None) -> int:
     extra = {} if args.recover_cut is None else {"recover_cut": args.recover_cut}
     if args.lr is not None:
         extra["lr"] = args.lr
+    budget = {"model": arch, "rounds": args.rounds, "epochs_per_round": epochs, "total_epochs": epochs * args.rounds,
+              "torch_pruning_finetune_epochs": peer_epoch_list, "train_images": limit or "all",
+              "test_images": test_limit or 10000, "device": device, "full": args.full, "seeds": args.seeds,
+              "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50, "metric": args.metric,
+              "recover_cut": "acc default" if args.recover_cut is None else args.recover_cut,
+              "lr": "acc default" if args.lr is None else args.lr, "peer_lr": args.peer_lr}
+    name = args.name or ("compile_cifar10" + ("" if arch == "resnet20" else f"_{arch}") + ("_full" if args.full else "") + ("_nonzero" if args.metric == "nonzero" else ""))
+    question = f"acc compile (search) vs uniform rates vs Torch-Pruning global magnitude, same budget, {arch} CIFAR-10"
+
+    def save(done: bool):
+        """After every row (a long run that stops keeps what it measured), and at the end."""
+        return record.write(name, question, rows, budget, args.out, summary=seed_summary(rows), complete=done)
+
     for target, seed in [(float(t), int(sd)) for t in args.targets.split(",") for sd in args.seeds.split(",")]:
         runs = [(m, s, args.metric) for m, s in (("search", "anneal"), ("uniform", "uniform")) if m in methods]
         if args.metric == "nonzero":
@@ -230,6 +243,7 @@ def main(argv=None) -> int:
                                      "confirmation": s.get("confirmation")} for s in r["search"]],
                          "seconds": time.time() - started})
             print(f"{target:g}x seed {seed} {rows[-1]['method']}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
+            save(False)
         if "torch-pruning" not in methods:
             continue
         for peer_epochs in peer_epoch_list:
@@ -241,12 +255,7 @@ def main(argv=None) -> int:
                          "nonzero_after": tp_row["params_after"], "epochs": peer_epochs,
                          "seconds": time.time() - started})
             print(f"{target:g}x seed {seed} {method}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
-    budget = {"model": arch, "rounds": args.rounds, "epochs_per_round": epochs, "total_epochs": epochs * args.rounds,
-              "torch_pruning_finetune_epochs": peer_epoch_list, "train_images": limit or "all",
-              "test_images": test_limit or 10000, "device": device, "full": args.full, "seeds": args.seeds,
-              "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50, "metric": args.metric,
-              "recover_cut": "acc default" if args.recover_cut is None else args.recover_cut,
-              "lr": "acc default" if args.lr is None else args.lr, "peer_lr": args.peer_lr}
+            save(False)
     print()
     print(f"{arch}, CIFAR-10; budget: {budget}")
     print(table(["target", "method", "test acc before", "test acc after", "params (dense)", "params (non-zero)",
@@ -260,10 +269,7 @@ def main(argv=None) -> int:
         print(table(["target", "method", "test acc (mean +- std)", "seconds (mean)"],
                     [[f"{s['target']:g}x", s["method"], f"{100 * s['mean']:.2f} +- {100 * s['std']:.2f}",
                       f"{s['seconds']:.0f}"] for s in summary]))
-    name = args.name or ("compile_cifar10" + ("" if arch == "resnet20" else f"_{arch}") + ("_full" if args.full else "") + ("_nonzero" if args.metric == "nonzero" else ""))
-    path = record.write(name,
-                        f"acc compile (search) vs uniform rates vs Torch-Pruning global magnitude, same budget, {arch} CIFAR-10",
-                        rows, budget, args.out, summary=summary)
+    path = save(True)
     print(f"wrote {path}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
