@@ -64,18 +64,24 @@ class KindScorer:
         return next((self.by_start[k] for k, v in self.starts.items() if v == key), self.other)
 
 
-@pytest.mark.parametrize("energies, chosen", [({"uniform": 10.0, "l1": 5.0, "bn": 7.0}, "l1"),
-                                              ({"uniform": 4.0, "l1": 5.0, "bn": 7.0}, "uniform"),
-                                              ({"uniform": 10.0, "l1": 8.0, "bn": 6.0}, "bn")])
-def test_the_lower_energy_start_is_where_the_annealing_starts(resnet, energies, chosen):
+def annealed(resnet, energies: dict, other: float):
+    """An annealing to half the parameters whose energies are `energies` per start, `other` elsewhere:
+    (annealer, its scorer, the starts, the best rates)."""
     cost = cost_model(resnet, "params")
     config = SearchConfig(cooling=0.5, seed=2)
     guidance = Guidance(resnet, cost, config)
     goal = cost.total("params") / 2
     starts = guidance.starts(goal, "params")
-    scorer = KindScorer(starts, energies, other=100.0)  # every proposal is worse: the start stays the best
+    scorer = KindScorer(starts, energies, other)
     annealer = Annealer(guidance, scorer, goal, "params", config)
-    best = annealer.run()
+    return annealer, scorer, starts, annealer.run()
+
+
+@pytest.mark.parametrize("energies, chosen", [({"uniform": 10.0, "l1": 5.0, "bn": 7.0}, "l1"),
+                                              ({"uniform": 4.0, "l1": 5.0, "bn": 7.0}, "uniform"),
+                                              ({"uniform": 10.0, "l1": 8.0, "bn": 6.0}, "bn")])
+def test_the_lower_energy_start_is_where_the_annealing_starts(resnet, energies, chosen):
+    annealer, scorer, starts, best = annealed(resnet, energies, other=100.0)  # every proposal is worse
     st = annealer.state
     assert st.start_kind == chosen and st.start == starts[chosen].tolist()
     assert st.start_energies == energies
@@ -86,14 +92,7 @@ def test_the_lower_energy_start_is_where_the_annealing_starts(resnet, energies, 
 
 def test_a_start_whose_scoring_blew_up_is_never_chosen(resnet):
     """A NaN energy (a candidate's fine-tuning diverged) counts as infinite: np.argmin alone would pick it."""
-    cost = cost_model(resnet, "params")
-    config = SearchConfig(cooling=0.5, seed=2)
-    guidance = Guidance(resnet, cost, config)
-    goal = cost.total("params") / 2
-    starts = guidance.starts(goal, "params")
-    scorer = KindScorer(starts, {"uniform": float("nan"), "l1": 8.0, "bn": 6.0}, other=float("nan"))
-    annealer = Annealer(guidance, scorer, goal, "params", config)
-    best = annealer.run()
+    annealer, _, starts, best = annealed(resnet, {"uniform": float("nan"), "l1": 8.0, "bn": 6.0}, other=float("nan"))
     st = annealer.state
     assert st.start_kind == "bn" and st.start_energies["uniform"] == float("inf")
     assert best.tolist() == starts["bn"].tolist() and st.best_energy == 6.0  # no NaN proposal was taken
