@@ -58,19 +58,22 @@ def torch_pruning():
     return tp
 
 
-def trained_torch(model_path, arch: str):
-    """models/' `arch` with the weights of the ONNX it was exported to (initializer names are state-dict keys)."""
+def torch_model(name: str, path):
+    """models/ `name` with the weights of the ONNX at `path` (initializer names are state-dict keys)."""
     import numpy as np
     import torch
     from onnx import numpy_helper
 
     from models.export import build
 
-    onnx_model = import_model(model_path)
-    values = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in onnx_model.graph.initializer}
-    net = build(arch)
-    state = {k: values.get(k, v) for k, v in net.state_dict().items()}
-    net.load_state_dict(state)
+    # The import turns Constant nodes (an exporter's way of storing some weights) into initializers.
+    values = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in import_model(path).graph.initializer}
+    net = build(name)
+    state = net.state_dict()
+    missing = [k for k, v in state.items() if k not in values and v.is_floating_point()]
+    if missing:
+        raise RuntimeError(f"{path}: no initializer for {missing[:3]}: cannot load the torch model")
+    net.load_state_dict({k: values.get(k, v).reshape(v.shape) for k, v in state.items()})
     return net.eval()
 
 
@@ -117,19 +120,16 @@ def run_torch_pruning(model_path, arch, data, target, epochs, limit, test_limit,
     import torch
 
     tp = torch_pruning()
-    base = trained_torch(model_path, arch)
-    classifier = [m for m in base.modules() if isinstance(m, torch.nn.Linear)][-1]  # its outputs are the classes
+    base = torch_model(arch, model_path)
     base_counts = onnx_counts(base, tmp)
     before = base_counts.params
     example = torch.randn(1, 3, 32, 32)
 
-    classifier_name = next(n for n, m in base.named_modules() if m is classifier)
-
     def pruned(ratio):
         net = copy.deepcopy(base)
+        classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1:]  # its outputs are the classes
         pruner = tp.pruner.MagnitudePruner(net, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, global_pruning=True,
-                                           ignored_layers=[dict(net.named_modules())[classifier_name]])
+                                           pruning_ratio=ratio, global_pruning=True, ignored_layers=classifier)
         pruner.step()
         return net
 

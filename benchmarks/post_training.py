@@ -43,6 +43,7 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 
 import record  # noqa: E402
+from compile_cifar10 import torch_model  # noqa: E402
 
 from acc import api  # noqa: E402
 from acc.format import table  # noqa: E402
@@ -181,23 +182,6 @@ def run_onnxsim(path, target, metric, batches, before) -> tuple[onnx.ModelProto,
     images = [{name: x[i:i + 1].numpy()} for x in batches for i in range(len(x))]  # its graphs take a batch of 1
     refit = onnxsim.apply_pruning_finetune_cpp(fused, prune(sparsity), calibration_data=images)
     return refit, {"sparsity": sparsity, "simplified": bool(ok)}
-
-
-def torch_model(name: str, path) -> torch.nn.Module:
-    """models/ `name` with the weights of the ONNX at `path` (initializer names are state-dict keys)."""
-    from onnx import numpy_helper
-
-    from models.export import build
-
-    # The import turns Constant nodes (an exporter's way of storing some weights) into initializers.
-    values = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in import_model(path).graph.initializer}
-    net = build(name)
-    state = net.state_dict()
-    missing = [k for k, v in state.items() if k not in values and v.is_floating_point()]
-    if missing:
-        raise RuntimeError(f"{path}: no initializer for {missing[:3]}: cannot load the torch model")
-    net.load_state_dict({k: values.get(k, v).reshape(v.shape) for k, v in state.items()})
-    return net.eval()
 
 
 def run_torch_pruning(name, path, target, metric, before, tmp) -> tuple[torch.nn.Module, dict]:
