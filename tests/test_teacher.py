@@ -99,3 +99,61 @@ def test_distillation_loss_is_the_same_with_either_teacher(model_path):
     by_onnxruntime = evaluate(student, data, Objective(teacher, distill_weight=0.9), batch_size=8)
     assert by_torch["loss"] > 0
     assert abs(by_torch["loss"] - by_onnxruntime["loss"]) <= 1e-4 * by_torch["loss"]
+
+
+class _Counting:
+    """A teacher that counts the images it ran on."""
+
+    def __init__(self, module):
+        self.module, self.images = module, 0
+
+    def __call__(self, x):
+        self.images += len(x)
+        return self.module(x)
+
+
+def test_evaluation_runs_the_teacher_once_per_evaluation_set(model_path):
+    graph, module, _ = _teacher(model_path("resnet20"))
+    student = TorchModel(graph).module
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    teacher = _Counting(module)
+    objective = Objective(teacher, distill_weight=0.9)
+    val = TensorData(torch.randn(20, 3, 32, 32), torch.randint(0, 10, (20,)))
+    first = evaluate(student, val, objective, batch_size=8)
+    assert teacher.images == 20
+    # The student changes between evaluations (training); the teacher's outputs do not.
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(0.9)
+    second = evaluate(student, val, objective, batch_size=8)
+    assert teacher.images == 20 and second["loss"] != first["loss"]
+    fresh = evaluate(student, val, Objective(_Counting(module), distill_weight=0.9), batch_size=8)
+    assert second == fresh  # replayed outputs give the figures a fresh teacher gives
+    # Another set, another batch size, or a batch whose images changed: the teacher runs.
+    evaluate(student, TensorData(torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))), objective, batch_size=8)
+    assert teacher.images == 26
+    evaluate(student, val, objective, batch_size=5)
+    assert teacher.images == 46
+    val.inputs[0].add_(1.0)
+    changed = evaluate(student, val, objective, batch_size=8)
+    assert teacher.images == 54  # only the changed batch ran again
+    assert changed == evaluate(student, val, Objective(_Counting(module), distill_weight=0.9), batch_size=8)
+    evaluate(student, val, objective, batch_size=8)
+    assert teacher.images == 54  # the changed batch's outputs replace its stale record
+
+
+def test_the_memo_keeps_within_its_bytes_and_forgets_freed_sets(model_path):
+    from acc.prune.teacher_memo import TeacherMemo
+
+    graph, module, _ = _teacher(model_path("resnet20"))
+    teacher = _Counting(module)
+    objective = Objective(teacher, distill_weight=0.9)
+    objective.memo = TeacherMemo(limit_bytes=8 * 10 * 4)  # one batch of 8 logits
+    val = TensorData(torch.randn(20, 3, 32, 32), torch.randint(0, 10, (20,)))
+    for _ in range(2):
+        evaluate(module, val, objective, batch_size=8)
+    assert teacher.images == 20 + 12 and objective.memo.bytes == 8 * 10 * 4
+    del val
+    assert objective.memo.bytes == 0 and not objective.memo._sets

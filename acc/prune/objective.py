@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from acc.errors import InputError
+from acc.prune.teacher_memo import TeacherMemo
 
 DISTILL_TEMPERATURE = 4.0
 # Share of distillation in the labelled classifier's term. Measured (benchmarks/training_recipe.py,
@@ -163,14 +164,16 @@ class Objective:
         self.temperature = temperature
         self.kinds = kinds
         self.distill_weight = distill_weight  # distillation's share of the labelled output's term
+        self.memo = TeacherMemo()  # the teacher's outputs on evaluation sets, computed once
         if isinstance(teacher, torch.nn.Module):  # else a callable that needs no gradients (acc.prune.teacher)
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
 
-    def terms(self, student_out, x: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor | None]:
+    def terms(self, student_out, x: torch.Tensor, labels: torch.Tensor | None, teach=None) -> list[torch.Tensor | None]:
         """Each output's term (the cross-entropy for the labelled classifier output), None for an
-        output that has none (non-float, or no teacher to distil it from)."""
+        output that has none (non-float, or no teacher to distil it from). `teach(x)`, when given,
+        stands for the teacher (its outputs replayed, acc.prune.teacher_memo)."""
         outs = outputs(student_out)
         cls = classifier_index(outs, self.kinds)
         labelled = self.use_labels and labels is not None and cls is not None
@@ -178,7 +181,7 @@ class Objective:
         targets = None
         if self.teacher is not None and (not labelled or len(outs) > 1 or a > 0):
             with torch.no_grad():
-                targets = outputs(self.teacher(x))
+                targets = outputs((teach or self.teacher)(x))
         terms: list[torch.Tensor | None] = []
         for i, s in enumerate(outs):
             kind = _kind(self.kinds, i, s)
@@ -212,14 +215,16 @@ def evaluate(module: torch.nn.Module, data, objective: Objective, batch_size: in
     over the ranks, so every rank gets the same figures."""
     was_training = module.training
     module.eval()
+    memo_key = data  # a rank's share is a new object each call: remember the teacher's outputs by the whole set's
     if world is not None and world.size > 1:
         data = data.subset(range(world.rank, len(data), world.size))
+    teach = objective.memo.for_batches(memo_key, batch_size, objective.teacher) if objective.teacher is not None else None
     total_loss, correct, correct5, count, classes, has_classifier = 0.0, 0, 0, 0, 0, 0
     n_outputs = len(objective.kinds) if objective.kinds is not None else None
     per_output, scored = None, None  # per-output sums; which outputs have a term
-    for x, y in data.batches(batch_size):
+    for i, (x, y) in enumerate(data.batches(batch_size)):
         outs = outputs(module(x))
-        terms = objective.terms(outs, x, y)
+        terms = objective.terms(outs, x, y, teach=None if teach is None else (lambda x, i=i: teach(i, x)))
         total_loss += float(mean_loss(terms)) * len(x)
         if len(terms) > 1:
             scored = [t is not None for t in terms]
