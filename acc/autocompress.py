@@ -39,7 +39,7 @@ from acc.prune.posttrain import CUT_RECOVERY_IMAGES
 from acc.prune.schedule import choose_admm, lr_for_rate
 from acc.prune.pipeline import PruneOptions, load_training_data, prune, resolve_input
 from acc.prune.rates import Rates, check_round_to, layer_schemes
-from acc.prune.scoring import RayCluster, ScorerInputs, open_scoring
+from acc.prune.scoring import RayCluster, ScorerInputs, candidate_layout, open_scoring
 from acc.prune.search import (Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, fit_budget, max_reduction,
                               round_pass_cost, to_rates)
 
@@ -451,7 +451,7 @@ def scorer_inputs(model, analysis, model_path, data, prune_options: PruneOptions
                         val=_in_memory(val.sample(c.eval_images, seed=c.seed)),
                         calibration=_in_memory(train.sample(128 * c.bn_batches, seed=c.seed + 1)),
                         train=fine_tune, config=c, columns=dict(cost.column_weights) or None if cost is not None else None,
-                        budget=budget)
+                        budget=budget, channels_last=fine_tune is not None and candidate_layout(model, fine_tune, device))
 
 
 def _in_memory(data):

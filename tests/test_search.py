@@ -213,6 +213,33 @@ def test_candidates_fine_tune_physically_smaller_to_the_masked_energy(tiny, metr
     assert any(kept[n] != full[n] for n in kept if n in full)  # the candidate did train smaller
 
 
+def test_candidates_train_in_the_layout_the_round_chose_to_the_same_energy(tiny):  # noqa: F811
+    import torch
+
+    from acc.autocompress import scorer_inputs
+    from acc.prune.pipeline import PruneOptions
+    from acc.prune.rates import Rates
+
+    model = import_model(tiny)
+    analysis = analyze(model)
+    cost = CostModel(analysis)
+    options = PruneOptions(rates=Rates(), limit=160, progress=False)
+    inputs = scorer_inputs(model, analysis, tiny, DEMO, options, SearchConfig(eval_images=32, finetune_steps=6), None, cost)
+    rates = np.full(len(cost.names), 0.5)
+    energies, layouts = {}, {}
+    for channels_last in (False, True):
+        inputs.channels_last = channels_last  # what candidate_layout decided, shipped to every scorer
+        scorer = inputs.build("cpu")
+        seen = []
+        finetune = scorer._finetune
+        scorer._finetune = lambda module, *a, **k: seen.append(module) or finetune(module, *a, **k)
+        energies[channels_last] = scorer.energy(rates)
+        conv = next(p for p in seen[0].parameters() if p.dim() == 4)
+        layouts[channels_last] = conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert layouts == {False: False, True: True}
+    assert energies[True] == pytest.approx(energies[False], rel=1e-4)
+
+
 class ScriptedScorer:
     """Energies from a rule: the uniform start scores 10; any other candidate scores `lucky` on
     its first evaluation and `later` on re-evaluations with other seeds."""

@@ -35,6 +35,7 @@ from acc.errors import InputError
 from acc.passes.analysis import analyze
 from acc.prune.bridge import TorchModel
 from acc.prune.cost import CostModel
+from acc.prune.memory_format import channels_last_is_faster
 from acc.prune.objective import Objective, output_kinds
 from acc.prune.search import OneShotScorer, SearchConfig, keep_counts
 from acc.prune.teacher import teacher_for
@@ -58,6 +59,7 @@ class ScorerInputs:
     config: SearchConfig
     columns: dict[str, str] | None = None  # the cost model's column layers (metric "nonzero")
     budget: dict | None = None  # how the search was fitted to its share of the round (search.fit_budget)
+    channels_last: bool = False  # candidates train in channels-last memory (decided once: candidate_layout)
 
     def build(self, device: str = "cpu") -> OneShotScorer:
         model = onnx.load_from_string(self.model)
@@ -72,7 +74,19 @@ class ScorerInputs:
         return OneShotScorer(analysis, bridge, objective, self.val.to(dev),
                              self.calibration.to(dev), self.config,
                              train=None if self.train is None else self.train.to(dev),
-                             cost=CostModel(analysis, self.columns, self.config.round_to))
+                             cost=CostModel(analysis, self.columns, self.config.round_to),
+                             channels_last=self.channels_last)
+
+
+def candidate_layout(model: onnx.ModelProto, sample, device: str = "cpu") -> bool:
+    """Whether the round's candidates train faster in channels-last memory, timed on the round's
+    model with a batch of `sample` (acc.prune.memory_format). Decided here, once, and shipped with
+    the ScorerInputs: a layout timed in each scorer's process could differ between two of them,
+    and every candidate of a round must be scored alike (the layout moves float sums)."""
+    if torch.device(device).type != "cpu" or sample is None or len(sample) == 0:
+        return False
+    x, _ = next(iter(sample.batches(min(len(sample), 64))))
+    return channels_last_is_faster(TorchModel(model).module, x, device)
 
 
 class SerialScoring:

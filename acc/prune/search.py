@@ -54,6 +54,7 @@ from acc.passes.summary import group_holdings
 from acc.prune.admm import TrainConfig, cosine_lr, sgd
 from acc.prune.cost import CostModel
 from acc.prune.global_importance import global_allocation
+from acc.prune.memory_format import as_layout, to_channels_last
 from acc.prune.objective import evaluate
 from acc.prune.rates import Rates, build_constraints, classifier_layers, column_search_layers, stem_layers
 
@@ -380,8 +381,11 @@ class OneShotScorer:
     `train` (when config.finetune_steps > 0), validation loss."""
 
     def __init__(self, analysis: Analysis, bridge, objective, val, calibration, config: SearchConfig, train=None,
-                 cost: CostModel | None = None):
+                 cost: CostModel | None = None, channels_last: bool = False):
         self.analysis = analysis
+        # Candidates train in this memory layout (acc.prune.memory_format), chosen once for the round
+        # where the scorers are made: every scorer of a round must score alike.
+        self.channels_last = channels_last
         self.bridge = bridge
         self.objective = objective
         self.val = val
@@ -447,6 +451,8 @@ class OneShotScorer:
             small = self._smaller(masks)
             if small is not None:
                 scored, scored_masks, scored_tensors = small.bridge.module, small.masks, small.bridge.tensors
+        if self.channels_last:
+            to_channels_last(scored)
         self._recalibrate_bn(scored, seed)
         if finetune:
             self._finetune(scored, scored_masks, seed, scored_tensors)
@@ -491,9 +497,7 @@ class OneShotScorer:
                 # Cosine to zero: the loss is read where the steps settle, not mid-swing.
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(c.finetune_lr, step, c.finetune_steps)
-                # Default memory layout: a layout timed in each process could differ between a Ray
-                # worker and this one, and candidates must score the same wherever they are scored.
-                loss = self.objective(module(x), x, y)
+                loss = self.objective(module(as_layout(x, self.channels_last)), x, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -516,7 +520,7 @@ class OneShotScorer:
         module.train()
         # Augmented like training: the statistics the model was trained with came from such batches.
         for x, _ in self._batches("calibration", seed)[0]:
-            module(x)
+            module(as_layout(x, self.channels_last))
         module.eval()
         for m, (momentum, _) in zip(bns, saved):
             m.momentum = momentum
