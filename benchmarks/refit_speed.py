@@ -1,11 +1,14 @@
-"""How much does taking the original's targets in one pass save in the refit after the cut?
+"""How much do the refit's one-pass captures save after the cut?
 
 The refit (acc/prune/posttrain/refit.py) solves every layer that reads removed channels against the
-original model's output of that layer. Per layer and batch it ran the original up to the layer; now
-one forward pass of the original per batch gives every layer's target rows (up to a memory budget).
-For each model of models/ (random weights: speed does not depend on them), a 50 % cut is refitted
-on the calibration images of a training run's cut (CUT_RECOVERY_IMAGES) both ways, interleaved;
-medians, the ratio, and the memory the targets take.
+original model's output of that layer, fed the pruned model's own input to it. Per layer and batch
+it ran both models up to the layer. Now one forward pass of the original per batch gives every
+layer's target rows (up to a memory budget), and one sweep of the pruned model, paused at each
+layer while it is refitted, gives every layer's input (acc/prune/posttrain/sweep.py). For each model
+of models/ (random weights: speed does not depend on them), a 50 % cut is refitted on the
+calibration images of a training run's cut (CUT_RECOVERY_IMAGES) three ways, interleaved: per
+layer, one pass of the original only (the refit before the sweep), one pass of each; medians, the
+ratios, the memory the targets take and the sweep's peak of live activations.
 
     python benchmarks/refit_speed.py
     python benchmarks/refit_speed.py --models resnet20,resnet56 --repeats 5 --threads 1
@@ -37,6 +40,12 @@ def main() -> None:
     from acc.prune.posttrain import CUT_RECOVERY_IMAGES
     from acc.prune.posttrain import refit as refit_module
     from acc.prune.posttrain.calibration_data import split_fit
+    from acc.prune.posttrain.sweep import LayerSweep
+
+    class NoSweep(LayerSweep):
+        @staticmethod
+        def supports(model, modules):
+            return False
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet20,resnet56,mobilenetv2")
@@ -60,33 +69,49 @@ def main() -> None:
         plan = ratio_plan(analysis, args.ratio)
         masked = masked_model(analysis, plan)
 
-        def run(budget):
+        def run(budget, sweep):
             def once():
                 refit_module.TARGET_CACHE_BYTES = budget
+                refit_module.LayerSweep = sweep_class if sweep else NoSweep
                 bridge, reference = TorchModel(masked), TorchModel(graph)
                 layers = refit_module.layers_to_refit(analysis, plan, bridge, reference)
                 refit_module.refit(layers, bridge.module, reference.module, estimate, validate)
             return once
 
-        ms = interleaved_medians({"per_layer": run(0), "one_pass": run(cache_bytes)}, args.repeats)
-        refit_module.TARGET_CACHE_BYTES = cache_bytes
+        peaks = []
+
+        class Sweep(LayerSweep):
+            def __iter__(self):
+                yield from super().__iter__()
+                peaks.append(self.peak)
+
+        sweep_class = Sweep
+        ms = interleaved_medians({"per_layer": run(0, False), "one_pass": run(cache_bytes, False),
+                                  "sweep": run(cache_bytes, True)}, args.repeats)
+        refit_module.TARGET_CACHE_BYTES, refit_module.LayerSweep = cache_bytes, LayerSweep
         reference = TorchModel(graph)
         targets = refit_module.OriginalTargets(refit_module.layers_to_refit(analysis, plan, TorchModel(masked), reference),
                                                args.images, seed=0)
         targets.collect(reference.module, estimate, "estimate")
         targets.collect(reference.module, validate, "validate")
         row = {"model": name, "images": args.images, "ratio": args.ratio, "layers": len(targets.layers),
-               "per_layer_ms": ms["per_layer"], "one_pass_ms": ms["one_pass"],
-               "speedup": ms["per_layer"] / ms["one_pass"], "threads": torch.get_num_threads(),
-               "target_mib": targets.bytes / 2**20, "layers_in_one_pass": sum(r is not None for r in targets.rows.values())}
+               "per_layer_ms": ms["per_layer"], "one_pass_ms": ms["one_pass"], "sweep_ms": ms["sweep"],
+               "speedup": ms["per_layer"] / ms["one_pass"], "sweep_speedup": ms["per_layer"] / ms["sweep"],
+               "sweep_over_one_pass": ms["one_pass"] / ms["sweep"], "threads": torch.get_num_threads(),
+               "target_mib": targets.bytes / 2**20, "layers_in_one_pass": sum(r is not None for r in targets.rows.values()),
+               "sweep_peak_mib": max(peaks) / 2**20}
         rows.append(row)
-        print(f"{name}: per layer {row['per_layer_ms'] / 1000:.1f} s, one pass {row['one_pass_ms'] / 1000:.1f} s "
-              f"({row['speedup']:.2f}x), targets {row['target_mib']:.0f} MiB", flush=True)
-    print(table(["model", "layers", "images", "per layer s", "one pass s", "speed-up", "targets MiB"],
+        print(f"{name}: per layer {row['per_layer_ms'] / 1000:.1f} s, one pass of the original {row['one_pass_ms'] / 1000:.1f} s, "
+              f"of both {row['sweep_ms'] / 1000:.1f} s ({row['sweep_speedup']:.2f}x; {row['sweep_over_one_pass']:.2f}x over the "
+              f"original's pass alone), targets {row['target_mib']:.0f} MiB, sweep peak {row['sweep_peak_mib']:.0f} MiB", flush=True)
+    print(table(["model", "layers", "images", "per layer s", "original one pass s", "both one pass s", "speed-up",
+                 "targets MiB", "sweep peak MiB"],
                 [[r["model"], r["layers"], r["images"], f"{r['per_layer_ms'] / 1000:.1f}", f"{r['one_pass_ms'] / 1000:.1f}",
-                  f"{r['speedup']:.2f}x", f"{r['target_mib']:.0f}"] for r in rows], {1, 2, 3, 4, 5, 6}))
-    path = record.write("refit_speed", "the refit after a cut: the original run up to each layer vs one pass of the "
-                        "original for every layer's targets, same cut, same images, interleaved medians", rows,
+                  f"{r['sweep_ms'] / 1000:.1f}", f"{r['sweep_speedup']:.2f}x", f"{r['target_mib']:.0f}",
+                  f"{r['sweep_peak_mib']:.0f}"] for r in rows], {1, 2, 3, 4, 5, 6, 7, 8}))
+    path = record.write("refit_speed", "the refit after a cut: both models run up to each layer, one pass of the "
+                        "original for every layer's targets, and that with one sweep of the pruned model for every "
+                        "layer's inputs; same cut, same images, interleaved medians", rows,
                         {"images": args.images, "ratio": args.ratio, "repeats": args.repeats,
                          "weights": "random (models/)", "target_cache_bytes": cache_bytes}, args.out)
     print(f"wrote {path}")

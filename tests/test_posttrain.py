@@ -120,6 +120,60 @@ def test_refit_from_one_pass_of_the_original_equals_the_per_layer_passes(zoo_pat
         assert all(torch.equal(full[k], other[k]) for k in full)
 
 
+@pytest.mark.parametrize("name", ["residual", "depthwise", "channels_last_matmul", "flatten_classifier"])
+def test_refit_from_one_sweep_of_the_pruned_model_equals_the_per_layer_passes(zoo_path, name, monkeypatch):
+    """The pruned model's inputs to the layers taken by one sweep (paused at each layer while it is
+    refitted) give the weights and records of a stopped pass per layer, bit for bit, also when the
+    sweep runs out of its activation budget part way and the rest goes layer by layer."""
+    from acc.prune.posttrain import refit as refit_module
+    from acc.prune.posttrain.sweep import LayerSweep
+
+    analysis, plan, _, original = pruned_pair(zoo_path, name)
+    shape = analysis.index.shape(analysis.index.input_names[0])
+    real_sweep = refit_module.LayerSweep
+
+    class Recorded:
+        """The sweep the refit makes, with the live bytes it had reached at each layer it handed over."""
+
+        def __init__(self, *args, budget):
+            self.sweep, self.peaks = real_sweep(*args, budget=budget), []
+
+        def __iter__(self):
+            for item in self.sweep:
+                self.peaks.append(self.sweep.peak)
+                yield item
+
+    results, sweeps = {}, {}
+    budgets = {"per layer": None, "sweep": 2**40, "sweep out of budget": None}
+    for how in budgets:
+        made = sweeps.setdefault(how, [])
+
+        def sweep(*args, budget=budgets[how], made=made):
+            made.append(Recorded(*args, budget=budget))
+            return made[-1]
+
+        sweep.supports = (lambda *a: False) if how == "per layer" else real_sweep.supports
+        monkeypatch.setattr(refit_module, "LayerSweep", sweep)
+        bridge = TorchModel(masked_model(analysis, plan))
+        layers = layers_to_refit(analysis, plan, bridge, original)
+        records = refit(layers, bridge.module, original.module, random_images(96, shape, 1), random_images(32, shape, 2))
+        assert any(r["refitted"] for r in records)
+        results[how] = ({k: v.clone() for k, v in bridge.module.state_dict().items()}, records)
+        if how == "sweep":  # out of budget: past what it held when it handed over the first layer
+            budgets["sweep out of budget"] = made[0].peaks[0]
+    todo = sum(1 for layer in layers if layer.skip is None)
+    assert sweeps["per layer"] == []
+    [full], [cut] = sweeps["sweep"], sweeps["sweep out of budget"]
+    assert not full.sweep.exhausted and full.sweep.handed == todo
+    if max(full.peaks) > full.peaks[0]:  # the live bytes grow after the first layer: the sweep stops part way
+        assert cut.sweep.exhausted and 0 < cut.sweep.handed < todo, (full.peaks, cut.sweep.peak, cut.sweep.handed)
+    (want, want_records), *others = results.values()
+    for got, got_records in others:
+        assert all(torch.equal(want[k], got[k]) for k in want)
+        assert got_records == want_records
+    assert LayerSweep.supports(TorchModel(original.model).module, [layers[0].module]) is False  # not its module
+
+
 def test_bn_recalibration_matches_statistics_computed_directly(zoo_path):
     model = import_model(zoo_path("residual"))
     torch_model = TorchModel(model)

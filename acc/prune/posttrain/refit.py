@@ -9,8 +9,11 @@ refitted, so the next layer also absorbs the error left by the ones before it in
 compounding it.
 
 Correspondence: the pruned and the original torch models are converted from the same ONNX graph,
-so a layer is found in both through its weight initializer's name (the bridge's views). Forward
-hooks give the feature maps; each capture stops the forward pass at the layer.
+so a layer is found in both through its weight initializer's name (the bridge's views). The
+original's outputs of every layer come from one forward pass per batch (OriginalTargets), the
+pruned model's inputs to them from one sweep paused at each layer while it is refitted
+(sweep.LayerSweep); where either passes its memory budget, a forward pass stopped at the layer
+gives them layer by layer, to the same figures.
 
 Handled: 2-D Conv (im2col by unfold, any stride/padding/dilation), depthwise Conv (one small
 solve per channel: its channel reads only itself), Gemm (nn.Linear, any transB/alpha), and MatMul
@@ -33,6 +36,7 @@ from acc.passes.channels import DW_WEIGHT, IN_WEIGHT, OUT_WEIGHT
 from acc.passes.plan import Plan, Removal
 from acc.prune.bridge import TensorView, TorchModel
 from acc.prune.posttrain.normal_equations import NormalEquations, ridge_fit
+from acc.prune.posttrain.sweep import LayerSweep
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 ROWS_PER_UNKNOWN = 64  # conv output positions are sampled down to about this many rows per unknown
@@ -406,12 +410,14 @@ class OriginalTargets:
 
 
 def accumulate(layer: RefitLayer, pruned: nn.Module, original: nn.Module, data, W0: torch.Tensor,
-               per_image: int | None, generator, targets: list | None = None) -> NormalEquations:
+               per_image: int | None, generator, targets: list | None = None,
+               inputs: list | None = None) -> NormalEquations:
     """The layer's normal equations over `data`; `targets` (OriginalTargets.of) spares running the
-    original up to the layer for every batch."""
+    original up to the layer for every batch, `inputs` (the pruned model's input to the layer per
+    batch, from a LayerSweep) running the pruned model up to it."""
     eq = NormalEquations(W0.shape[0], W0.shape[1], W0.shape[2])
     for b, (x, _) in enumerate(data.batches(BATCH)):
-        inp = capture(pruned, layer.module, x, output=False)
+        inp = capture(pruned, layer.module, x, output=False) if inputs is None else inputs[b]
         if targets is None:
             y = capture(original, layer.original, x, output=True)
             pick = pick_positions(layer, output_positions(y), per_image, generator)
@@ -435,31 +441,53 @@ def refit(layers: list[RefitLayer], pruned: nn.Module, original: nn.Module, esti
     was = pruned.training, original.training
     pruned.eval()
     original.eval()
-    records = []
+    records: dict[int, dict] = {}
+    sweep_batches: dict[str, list] = {}
     try:
         targets = OriginalTargets(layers, len(estimate) + len(validate), seed)
         targets.collect(original, estimate, "estimate")
         targets.collect(original, validate, "validate")
-        for i, layer in enumerate(layers):
-            record = {"layer": layer.node, "op": layer.op, "kind": layer.kind,
-                      "kept_inputs": len(layer.kept_in), "kept_outputs": len(layer.kept_out)}
-            if layer.skip is not None:
-                records.append({**record, "refitted": False, "reason": layer.skip})
-                continue
+
+        def fit_layer(i: int, inputs: list | None = None) -> None:
+            layer = layers[i]
             W0 = current_weights(layer)
             per_image, generator = targets.per_image[i], layer_generator(seed, i)
-            est = accumulate(layer, pruned, original, estimate, W0, per_image, generator, targets.of(i, "estimate"))
-            val = accumulate(layer, pruned, original, validate, W0, per_image, generator, targets.of(i, "validate"))
+            split = None if inputs is None else len(sweep_batches["estimate"])
+            est = accumulate(layer, pruned, original, estimate, W0, per_image, generator, targets.of(i, "estimate"),
+                             None if inputs is None else inputs[:split])
+            val = accumulate(layer, pruned, original, validate, W0, per_image, generator, targets.of(i, "validate"),
+                             None if inputs is None else inputs[split:])
             fit = ridge_fit(est, val, W0.cpu())
             if fit.changed:
                 write_weights(layer, fit.W.to(W0.device))
             alphas = [a for a in fit.alphas if a is not None]
-            records.append({**record, "refitted": fit.changed, "unknowns": W0.shape[1], "rows": est.rows + val.rows,
-                            "alpha": (alphas[0] if len(fit.alphas) == 1 and alphas else None),
-                            "groups_refitted": f"{len(alphas)}/{len(fit.alphas)}",
-                            "validation_error_before": fit.error_before, "validation_error_after": fit.error_after,
-                            **({} if fit.changed else {"reason": "keeping the pruned weights fit the validation rows best"})})
+            records[i] = {**_describe(layer), "refitted": fit.changed, "unknowns": W0.shape[1], "rows": est.rows + val.rows,
+                          "alpha": (alphas[0] if len(fit.alphas) == 1 and alphas else None),
+                          "groups_refitted": f"{len(alphas)}/{len(fit.alphas)}",
+                          "validation_error_before": fit.error_before, "validation_error_after": fit.error_after,
+                          **({} if fit.changed else {"reason": "keeping the pruned weights fit the validation rows best"})}
+
+        todo = [i for i, layer in enumerate(layers) if layer.skip is None]
+        for i, layer in enumerate(layers):
+            if layer.skip is not None:
+                records[i] = {**_describe(layer), "refitted": False, "reason": layer.skip}
+        modules = [layers[i].module for i in todo]
+        if todo and LayerSweep.supports(pruned, modules):  # one pass of the pruned model, not one per layer
+            index = {id(layers[i].module): i for i in todo}
+            sweep_batches = {name: [x for x, _ in data.batches(BATCH)] for name, data in
+                             (("estimate", estimate), ("validate", validate))}
+            sweep = LayerSweep(pruned, modules, sweep_batches["estimate"] + sweep_batches["validate"])
+            for module, inputs in sweep:
+                fit_layer(index[id(module)], inputs)
+        for i in todo:  # what the sweep did not reach (its activations passed its budget), layer by layer
+            if i not in records:
+                fit_layer(i)
     finally:
         pruned.train(was[0])
         original.train(was[1])
-    return records
+    return [records[i] for i in range(len(layers))]
+
+
+def _describe(layer: RefitLayer) -> dict:
+    return {"layer": layer.node, "op": layer.op, "kind": layer.kind,
+            "kept_inputs": len(layer.kept_in), "kept_outputs": len(layer.kept_out)}
