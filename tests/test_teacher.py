@@ -88,12 +88,18 @@ def test_a_batch_onnxruntime_cannot_run_is_taught_by_torch_without_an_error_line
     assert capfd.readouterr().err == ""
 
 
-def test_distillation_loss_is_the_same_with_either_teacher(model_path):
-    graph, module, teacher = _teacher(model_path("resnet20"))
+def _student(graph):
+    """The graph's torch module with its weights moved a little: a student that differs from the teacher."""
     student = TorchModel(graph).module
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return student
+
+
+def test_distillation_loss_is_the_same_with_either_teacher(model_path):
+    graph, module, teacher = _teacher(model_path("resnet20"))
+    student = _student(graph)
     data = TensorData(torch.randn(20, 3, 32, 32), torch.randint(0, 10, (20,)))
     by_torch = evaluate(student, data, Objective(module, distill_weight=0.9), batch_size=8)
     by_onnxruntime = evaluate(student, data, Objective(teacher, distill_weight=0.9), batch_size=8)
@@ -114,10 +120,7 @@ class _Counting:
 
 def test_evaluation_runs_the_teacher_once_per_evaluation_set(model_path):
     graph, module, _ = _teacher(model_path("resnet20"))
-    student = TorchModel(graph).module
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    student = _student(graph)
     teacher = _Counting(module)
     objective = Objective(teacher, distill_weight=0.9)
     val = TensorData(torch.randn(20, 3, 32, 32), torch.randint(0, 10, (20,)))
