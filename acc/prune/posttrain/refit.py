@@ -442,21 +442,19 @@ def refit(layers: list[RefitLayer], pruned: nn.Module, original: nn.Module, esti
     pruned.eval()
     original.eval()
     records: dict[int, dict] = {}
-    sweep_batches: dict[str, list] = {}
     try:
         targets = OriginalTargets(layers, len(estimate) + len(validate), seed)
         targets.collect(original, estimate, "estimate")
         targets.collect(original, validate, "validate")
 
-        def fit_layer(i: int, inputs: list | None = None) -> None:
+        def fit_layer(i: int, estimate_inputs: list | None = None, validate_inputs: list | None = None) -> None:
             layer = layers[i]
             W0 = current_weights(layer)
             per_image, generator = targets.per_image[i], layer_generator(seed, i)
-            split = None if inputs is None else len(sweep_batches["estimate"])
             est = accumulate(layer, pruned, original, estimate, W0, per_image, generator, targets.of(i, "estimate"),
-                             None if inputs is None else inputs[:split])
+                             estimate_inputs)
             val = accumulate(layer, pruned, original, validate, W0, per_image, generator, targets.of(i, "validate"),
-                             None if inputs is None else inputs[split:])
+                             validate_inputs)
             fit = ridge_fit(est, val, W0.cpu())
             if fit.changed:
                 write_weights(layer, fit.W.to(W0.device))
@@ -474,11 +472,10 @@ def refit(layers: list[RefitLayer], pruned: nn.Module, original: nn.Module, esti
         modules = [layers[i].module for i in todo]
         if todo and LayerSweep.supports(pruned, modules):  # one pass of the pruned model, not one per layer
             index = {id(layers[i].module): i for i in todo}
-            sweep_batches = {name: [x for x, _ in data.batches(BATCH)] for name, data in
-                             (("estimate", estimate), ("validate", validate))}
-            sweep = LayerSweep(pruned, modules, sweep_batches["estimate"] + sweep_batches["validate"])
-            for module, inputs in sweep:
-                fit_layer(index[id(module)], inputs)
+            estimate_batches = [x for x, _ in estimate.batches(BATCH)]
+            batches = estimate_batches + [x for x, _ in validate.batches(BATCH)]
+            for module, inputs in LayerSweep(pruned, modules, batches):
+                fit_layer(index[id(module)], inputs[:len(estimate_batches)], inputs[len(estimate_batches):])
         for i in todo:  # what the sweep did not reach (its activations passed its budget), layer by layer
             if i not in records:
                 fit_layer(i)
