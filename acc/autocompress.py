@@ -451,7 +451,7 @@ def scorer_inputs(model, analysis, model_path, data, prune_options: PruneOptions
                         val=_in_memory(val.sample(c.eval_images, seed=c.seed)),
                         calibration=_in_memory(train.sample(128 * c.bn_batches, seed=c.seed + 1)),
                         train=fine_tune, config=c, columns=dict(cost.column_weights) or None if cost is not None else None,
-                        budget=budget, channels_last=fine_tune is not None and candidate_layout(model, fine_tune, device))
+                        budget=budget, channels_last=candidate_layout(model, fine_tune, device))
 
 
 def _in_memory(data):

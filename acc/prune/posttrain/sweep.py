@@ -43,7 +43,7 @@ class LayerSweep:
         names = {id(m): name for name, m in model.named_modules()}
         self.wanted = {names[id(m)] for m in modules}
         self.exhausted = False
-        self.handed = 0  # layers handed over so far
+        self.reached: set[str] = set()  # the wanted modules handed over so far
         self.peak = 0  # the most live activation bytes so far
 
     @staticmethod
@@ -70,16 +70,14 @@ class LayerSweep:
         env: dict[fx.Node, list] = {}
         sizes: dict[fx.Node, int] = {}
         live = 0
-        handed: set[str] = set()
         for node in nodes:
             if node.op == "output":
                 return
             if node.op == "placeholder":
                 values = list(self.batches)
             else:
-                if node.op == "call_module" and node.target in self.wanted and node.target not in handed:
-                    handed.add(node.target)
-                    self.handed += 1
+                if node.op == "call_module" and node.target in self.wanted and node.target not in self.reached:
+                    self.reached.add(node.target)
                     yield self.model.get_submodule(node.target), [fx.node.map_arg(node.args[0], lambda n: env[n][b])
                                                                   for b in range(len(self.batches))]
                 values = [self._run(node, env, b) for b in range(len(self.batches))]
@@ -94,6 +92,11 @@ class LayerSweep:
                 if last_use.get(used) is node:
                     del env[used]
                     live -= sizes.pop(used)
+
+    @property
+    def handed(self) -> int:
+        """Layers handed over so far."""
+        return len(self.reached)
 
     def _run(self, node: fx.Node, env: dict, b: int):
         args = fx.node.map_arg(node.args, lambda n: env[n][b])
