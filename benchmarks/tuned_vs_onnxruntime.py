@@ -10,7 +10,7 @@ depend on them), cheapest first, each shrunk by a uniform `acc.api.shrink(ratio=
 2x and 4x fewer FLOPs (R bisected on the counted FLOPs, benchmarks/latency.py's uniform_ratio).
 For each model: `compile.build(original, tune_trials=T, tune_db=DB)`; then for the original and
 each shrunk model `compile.build(onnx, tune_trials=0, tune_db=DB)` (its tuning summary: tasks
-reused from the database, transferred from other widths, left untuned) and `bench.bench(lib,
+reused from the database, transferred from other widths, given acc's default schedule) and `bench.bench(lib,
 repeat=15)`, which checks TVM's outputs against onnxruntime's and times onnxruntime and TVM, each
 in a process of its own, with their default thread counts. Ratio: onnxruntime ms / TVM ms
 (>= 1: TVM at least as fast).
@@ -87,8 +87,7 @@ def measure(row: dict, db: Path, repeat: int) -> None:
     built = compile_mod.build(row["onnx"], "host", lib, tune_trials=0, tune_db=db, log=lines.append)
     row["build_s"] = round(time.time() - t0, 1)
     t = built.tuning
-    row["tuning"] = {k: t[k] for k in ("tasks", "reused", "transferred", "tuned")}
-    row["tuning"]["untuned"] = t["tasks"] - t["reused"] - t["transferred"] - t["tuned"]
+    row["tuning"] = {k: t.get(k, 0) for k in ("tasks", "reused", "transferred", "tuned", "defaults")}
     row["tuning_log"] = lines
     res = bench_mod.bench(lib, target="host", repeat=repeat, log=quiet)
     m = res.models[0]
@@ -105,11 +104,11 @@ def table(rows: list[dict], budget: dict) -> str:
              f"built with the database and 0 trials) against onnxruntime, host, batch 1, median ms of "
              f"{budget['rounds']} rounds, engine default threads. Tuning the originals: {tune_s}. "
              f"Wall {budget.get('wall_s', 0):.0f} s.", "",
-             "| model | version | ratio | FLOPs | tasks: reused / transferred / untuned | TVM ms | onnxruntime ms | "
+             "| model | version | ratio | FLOPs | tasks: reused / transferred / acc default measured | TVM ms | onnxruntime ms | "
              "onnxruntime / TVM |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r.get("tuning")
-        tasks = f"{t['tasks']}: {t['reused']} / {t['transferred']} / {t['untuned']}" if t else "–"
+        tasks = f"{t['tasks']}: {t['reused']} / {t['transferred']} / {t['defaults']}" if t else "–"
         flops = f"{r['flops'] / 1e6:.1f}M" + (f" ({r['flops_reduction']:.2f}x fewer)" if "flops_reduction" in r else "")
         timed = (f"{r['tvm']['median_ms']:.2f} | {r['onnxruntime']['median_ms']:.2f} | {r['ort_over_tvm']:.2f}"
                  if "tvm" in r else "– | – | –")
@@ -147,7 +146,8 @@ def main(argv=None) -> int:
     budget = {"mode": "default", "trials_per_task": args.trials, "rounds": args.repeat, "min_repeat_ms_host": 100,
               "round_to": ROUND_TO, "flops_targets": TARGETS, "batch": 1, "input": "1x3x32x32",
               "weights": "random init (torch seed 0), BN statistics randomised (seed 0)",
-              "threads": "engine defaults: nothing set about threads (no OMP_NUM_THREADS / TVM_NUM_THREADS)",
+              "threads": "onnxruntime's default (physical cores); TVM_NUM_THREADS = physical cores, set by acc.backends "
+                         "(TVM alone takes half the hardware threads on x86)",
               "timing": "per model, onnxruntime then TVM, each in a process of its own (acc.backends.bench); "
                         "TVM's outputs checked against onnxruntime's before timing",
               "tune_db": str(db), "tune_db_had_records_at_start": had_records,

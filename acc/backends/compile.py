@@ -102,6 +102,43 @@ def graph_inputs(model: onnx.ModelProto, overrides: dict[str, list[int]]) -> lis
     return infos
 
 
+def clips_as_relax_ops(mod):
+    """`mod` with the frontend's TIR max/min against a constant bound as Relax maximum/minimum.
+
+    TVM's ONNX frontend lowers Clip straight to TIR, which layout conversion cannot see through:
+    in NHWC every ReLU6 of a MobileNet became transpose, clip, transpose, in a kernel of its own.
+    As Relax operators (the bound given the input's rank, which layout conversion needs) they
+    convert, and fuse into the conv's epilogue."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
+
+    @relax.expr_functor.mutator
+    class Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op != call_tir or not isinstance(call.args[0], tvm.ir.GlobalVar):
+                return call
+            op = ops.get(call.args[0].name_hint.rstrip("0123456789"))  # maximum, maximum1, ...
+            args = list(call.args[1].fields) if isinstance(call.args[1], tvm.ir.Tuple) else []
+            if op is None or len(args) != 2 or not isinstance(args[1], tvm.ir.GenericConst):
+                return call
+            x, bound = args[0], args[1].value.numpy()
+            shape = getattr(x.ty, "shape", None)
+            if bound.size != 1 or not isinstance(shape, relax.ShapeExpr) or str(call.ty.shape) != str(shape):
+                return call
+            if call.ty.dtype != str(bound.dtype):
+                return call
+            return op(x, relax.const(bound.reshape([1] * len(shape.values)), str(bound.dtype)))
+
+    rewritten = Rewrite().visit_expr(mod["main"])
+    mod = mod.copy() if hasattr(mod, "copy") else mod
+    mod["main"] = rewritten
+    return relax.transform.DeadCodeElimination()(mod)
+
+
 def import_onnx(model: onnx.ModelProto, inputs: list[TensorInfo]):
     """The Relax IRModule of `model` (weights bound as constants)."""
     from tvm.relax.frontend.onnx import from_onnx
@@ -116,12 +153,20 @@ def import_onnx(model: onnx.ModelProto, inputs: list[TensorInfo]):
 
 def prepare(mod):
     """Inference rewrites before lowering: BN folded into the conv before it (else decomposed into
-    elementwise ops that fuse into the conv's epilogue): one task per conv instead of two."""
+    elementwise ops that fuse into the conv's epilogue): one task per conv instead of two. Then
+    convolutions in NHWC with HWIO weights (folded at build time): output channels are contiguous,
+    which is what the CPU kernels vectorise (`cpu_schedule`); the graph's own layout is restored
+    where a layout-sensitive op (Flatten, the outputs) needs it."""
     import tvm
     from tvm import relax
 
     seq = [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-           relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()]
+           relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant(),
+           tvm.transform.module_pass(lambda m, _ctx: clips_as_relax_ops(m), opt_level=0, name="ClipsAsRelaxOps"),
+           # conv2d_transpose stays NCHW: TVM legalises it in no other layout.
+           relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"],
+                                          "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}),
+           relax.transform.FoldConstant()]
     return tvm.transform.Sequential(seq)(mod)
 
 
@@ -138,15 +183,52 @@ def relax_outputs(mod, names: list[str]) -> list[TensorInfo]:
 
 
 def compile_module(mod, spec: targets_mod.TargetSpec, database=None):
-    """A Relax executable: the default pipeline, or with a MetaSchedule database applied."""
+    """A Relax executable: tuned schedules from `database` where it has them, acc's CPU default
+    schedules (`cpu_schedule`) for every other function."""
     import tvm
+    from tvm import relax
 
     target = spec.tvm_target()
-    if database is None:
-        return tvm.compile(mod, target=target)
-    from tvm.s_tir.meta_schedule.relax_integration import compile_relax
+    with target:
+        mod = tvm.transform.Sequential(fused_passes(target))(mod)
+    if database is not None:
+        with target, database, tvm.transform.PassContext(opt_level=3):
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    if target.kind.name == "llvm":
+        from acc.backends.cpu_schedule import default_schedule_pass
 
-    return compile_relax(database, mod, target, params=None)
+        with target:
+            mod = default_schedule_pass(target)(mod)
+    # Weight layout rewrites (packed conv weights) become functions of their own, run on the
+    # constant weights here, at build time.
+    with target:
+        mod = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
+                                        relax.transform.FoldConstant()])(mod)
+    from tvm.relax import pipeline
+
+    try:
+        lower = pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
+    except (ValueError, AttributeError):  # TVM 0.27's dispatcher names CPU functions it lacks
+        from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+        lower = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+    lower = tvm.transform.Sequential(lower)
+    with tvm.transform.PassContext(opt_level=3):
+        return relax.build(mod, target=target, relax_pipeline=lower)
+
+
+def fused_passes(target) -> list:
+    """Legalise and fuse into one TIR function per kernel: the tasks tuning sees and the build's
+    input (the same passes in both, so database keys match)."""
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    try:
+        dispatch = pipeline.library_dispatch_passes(target)
+    except (ValueError, AttributeError):
+        dispatch = []
+    return [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
 
 
 def export(executable, out: Path, cc: str | None) -> None:

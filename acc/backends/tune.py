@@ -104,10 +104,12 @@ class TuneReport:
     trials_global: int
     task_names: list[str] = field(default_factory=list)
     transferred: int = 0  # tasks seeded with a schedule tuned for another width
+    defaults: int = 0  # tasks given acc's default schedule as a measured record
 
     def summary(self) -> dict:
         return {
             "db": str(self.db_dir), "tasks": self.tasks, "reused": self.reused, "transferred": self.transferred,
+            "defaults": self.defaults,
             "tuned": self.tuned, "trials_per_task": self.trials_per_task, "trials_global": self.trials_global,
         }
 
@@ -164,10 +166,11 @@ def tune(
             seeded = tune_transfer.seed(todo, database, target, builder, runner, tensor_intrin=not plain_llvm(target))
         except Exception:  # noqa: BLE001 - a failed transfer only means: tune as before
             seeded = []
+    defaults = seed_defaults(todo, database, target, builder, runner) if todo and builder is not None else []
     rest = (f"{len(todo)} to tune x {trials_per_task} trials" if trials_per_task > 0
-            else f"{len(todo) - len(seeded)} left untuned (no trials)")
+            else "no trials")
     log(f"tuning: {len(tasks)} tasks, {reused} already in {folder}, {len(seeded)} seeded from tuned "
-        f"neighbours, {rest}")
+        f"neighbours, {len(defaults)} with acc's default schedule measured, {rest}")
     if todo and trials_per_task > 0:
         with tempfile.TemporaryDirectory(prefix="acc-tune-") as work_dir:
             contexts, weights = extracted_tasks_to_tune_contexts(todo, work_dir, seed=seed)
@@ -183,23 +186,49 @@ def tune(
                 database=database,
             )
     return TuneReport(database, folder, len(tasks), reused, len(todo) if trials_per_task else 0, trials_per_task,
-                      trials_global, [t.task_name for t in tasks], len(seeded))
+                      trials_global, [t.task_name for t in tasks], len(seeded), len(defaults))
+
+
+def seed_defaults(tasks, database, target, builder, runner) -> list[str]:
+    """Commit acc's default schedule (`cpu_schedule`) of each task as a measured record.
+
+    Tuning then keeps its own schedule only where it measured faster, so a tuned build is never
+    slower than the untuned one, and with few trials it keeps the default kernels it cannot beat.
+    """
+    if target.kind.name != "llvm":
+        return []
+    from tvm.s_tir import meta_schedule as ms
+
+    from acc.backends import cpu_schedule
+    from acc.backends.tune_transfer import measure
+
+    scheduled = []
+    for task in tasks:
+        try:
+            sch = cpu_schedule.schedule_func(task.dispatched[0]["main"], target)
+        except Exception:  # noqa: BLE001 - a function no rule fits: MetaSchedule alone tunes it
+            sch = None
+        if sch is not None:
+            scheduled.append((task, sch))
+    names = []
+    for (task, sch), run_secs in zip(scheduled, measure([sch for _, sch in scheduled], target, builder, runner)):
+        if run_secs is None:
+            continue
+        workload = database.commit_workload(task.dispatched[0])
+        args_info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run_secs, target, args_info))
+        names.append(task.task_name)
+    return names
 
 
 def _fused(mod, target):
-    """The fused-TIR module, prepared exactly as compile_relax prepares it (so database keys match)."""
+    """The fused-TIR module, prepared exactly as the build prepares it (so database keys match)."""
     import tvm
-    from tvm import relax
-    from tvm.relax import pipeline
 
-    try:
-        dispatch = pipeline.library_dispatch_passes(target)
-    except (ValueError, AttributeError):
-        dispatch = []
-    seq = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-           relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    from acc.backends.compile import fused_passes
+
     with target:
-        return tvm.transform.Sequential(seq)(mod)
+        return tvm.transform.Sequential(fused_passes(target))(mod)
 
 
 def _worth_tuning(task_name: str) -> bool:

@@ -154,7 +154,7 @@ def seed(tasks, database, target, builder, runner, candidates: int = 3, tensor_i
     if not trials:
         return []
     seeded = []
-    for (task, sch), run_secs in zip(trials, _measure([sch for _, sch in trials], target, builder, runner)):
+    for (task, sch), run_secs in zip(trials, measure([sch for _, sch in trials], target, builder, runner)):
         if run_secs is None:
             continue
         workload = database.commit_workload(task.dispatched[0])
@@ -192,7 +192,7 @@ def _postprocs(mod, target, tensor_intrin: bool) -> list:
             del sys.modules[name]
 
 
-def _measure(schedules, target, builder, runner) -> list[list[float] | None]:
+def measure(schedules, target, builder, runner) -> list[list[float] | None]:
     """Build and run `schedules` as MetaSchedule trials; the run times, or None where one failed."""
     import tvm
     from tvm.s_tir import meta_schedule as ms

@@ -1,0 +1,252 @@
+"""Default schedules for CPU targets: what a build runs where no tuned schedule applies.
+
+Without them TVM lowers every operator to its naive loop nest: one thread, no register reuse,
+10-100x slower than onnxruntime. Convolutions are built in NHWC (see `compile.prepare`) and get a
+register-blocked direct kernel: a tile of output pixels times one or two vectors of output
+channels is kept in registers while the reduction runs over (kh, kw, input channel); each step
+loads the weight vectors once, broadcasts one input value per pixel and issues pixels x vectors
+FMAs. The epilogue (bias, activation, residual add) is computed on the tile as it is written.
+Everything else (padding, layout transposes, pooling, elementwise) runs in parallel over its
+outer loops with the innermost loop vectorised when the channel count allows. Dense layers and
+reductions use TVM's own CPU rules. A tuned schedule from a database always wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    lanes: int  # float32 lanes in one vector register
+    registers: int  # vector registers the kernel may fill with accumulators, weights and inputs
+
+    @classmethod
+    def of(cls, target) -> "VectorUnit":
+        from tvm.target import codegen
+
+        try:
+            bits = int(codegen.llvm_get_vector_width(target))
+        except Exception:  # noqa: BLE001 - an LLVM that cannot answer: assume 128-bit vectors
+            bits = 128
+        lanes = max(bits // 32, 1)
+        triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
+        # x86 before AVX-512 has 16 vector registers; AVX-512 and AArch64 have 32.
+        registers = 32 if lanes >= 16 or triple.startswith(("aarch64", "arm64")) else 16
+        return cls(lanes, registers)
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    vector: int  # output channels per vector (not always a whole number of registers)
+    vectors: int  # vectors of output channels in the register tile
+    pixels: int  # output pixels along a row in the register tile
+    rows: int = 1  # output rows in the register tile
+
+    @property
+    def accumulators(self) -> int:
+        return self.rows * self.pixels * self.vectors
+
+
+def _divisors(n: int, cap: int) -> list[int]:
+    return [d for d in range(1, min(n, cap) + 1) if n % d == 0]
+
+
+WEIGHT_TILE_BYTES = 256 * 1024  # one channel tile's packed weights: kept within a core's L2
+
+
+def conv_tile(channels: int, width: int, unit: VectorUnit, height: int = 1, reduction: int = 1) -> ConvTile:
+    """The register tile for `height` x `width` output pixels of `channels` channels, each the sum
+    of `reduction` products (KH * KW * input channels per group).
+
+    Each step of the reduction loads `vectors` weight vectors and one input value per pixel for
+    rows x pixels x vectors FMAs. Up to 16 accumulators (12 with 16 registers; more spilled in
+    measurements): pixels along the row first (contiguous inputs), then channel vectors while one
+    tile's weights stay within L2, then rows, which keeps late small maps (4x4, 2x2) with 512
+    channels from re-reading megabytes of weights at a few FMAs per load.
+    """
+    full = next((v for v in (unit.lanes, unit.lanes // 2, unit.lanes // 4) if v >= 4 and channels % v == 0), 0)
+    if full:
+        vector, per_vector, cap = full, 1, 8
+        counts = [v for v in (4, 3, 2, 1) if channels % (v * full) == 0]
+        counts = [v for v in counts if v == 1 or reduction * v * full * 4 <= WEIGHT_TILE_BYTES]
+    else:
+        # A count no full vector divides (a pruned 13 or 45): one vector of its largest divisor up
+        # to two registers wide (LLVM widens it), measured close to a round count. With no such
+        # divisor (37, 74) a predicated tail: whole vectors over every channel at once, few pixels
+        # (a tail split across tiles measured 10x slower).
+        vector = max((v for v in range(4, 2 * unit.lanes + 1) if channels % v == 0), default=0)
+        counts, cap = [1], 8
+        if not vector:
+            vector, counts, cap = unit.lanes, [-(-channels // unit.lanes)], 2
+        per_vector = -(-vector // unit.lanes)
+    limit = 16 if unit.registers >= 32 else 12
+
+    def fits(pixels: int, vectors: int, rows: int = 1) -> bool:
+        registers = vectors * per_vector
+        accumulators = rows * pixels * registers
+        return accumulators + registers + 1 <= unit.registers and (accumulators <= limit or accumulators == registers)
+
+    pixels = max((d for d in _divisors(width, cap) if fits(d, counts[-1])), default=1)
+    vectors = next((v for v in counts if fits(pixels, v)), counts[-1])
+    rows = max((r for r in _divisors(height, 8) if fits(pixels, vectors, r)), default=1)
+    return ConvTile(vector, vectors, pixels, rows)
+
+
+def _block_kinds(sch, block) -> str:
+    return "".join("S" if iv.iter_type == 0 else "R" for iv in sch.get(block).iter_vars)
+
+
+def _root_blocks(sch):
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _inline_epilogue(sch, block):
+    """Inline the chain of elementwise consumers of `block` into its last one; return that one."""
+    consumers = list(sch.get_consumers(block))
+    if len(consumers) != 1:
+        return None
+    last = consumers[0]
+    while True:
+        nxt = list(sch.get_consumers(last))
+        if len(nxt) != 1:
+            return last if not nxt else None
+        sch.compute_inline(last)
+        last = nxt[0]
+
+
+def _parallel_outer(sch, block, unit: VectorUnit) -> None:
+    """Parallel over the outer spatial loops, the innermost spatial loop vectorised if it divides."""
+    loops = sch.get_loops(block)
+    kinds = _block_kinds(sch, block)
+    if not loops or len(kinds) != len(loops):
+        return
+    spatial = [lp for lp, k in zip(loops, kinds) if k == "S"]
+    lead = 0
+    while lead < len(kinds) and kinds[lead] == "S":
+        lead += 1
+    if lead == len(kinds) and lead >= 2:
+        extent = int(sch.get(spatial[-1]).extent)
+        vec = next((v for v in (unit.lanes, unit.lanes // 2, 4) if v >= 4 and extent % v == 0), 0)
+        if vec:
+            _, inner = sch.split(spatial[-1], [None, vec])
+            sch.vectorize(inner)
+        outer = loops[:lead - 1]
+    else:
+        outer = loops[:lead]
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def schedule_conv(sch, conv, unit: VectorUnit) -> None:
+    """Register-blocked direct NHWC convolution with its epilogue fused into the tile."""
+    n, y, x, f, ry, rx, rc = sch.get_loops(conv)
+    channels, width, height, kh, kw, per_group = (int(sch.get(loop).extent) for loop in (f, x, y, ry, rx, rc))
+    tile = conv_tile(channels, width, unit, height, kh * kw * per_group)
+    out = _inline_epilogue(sch, conv)
+    f_outer, f_inner = sch.split(f, [None, tile.vector * tile.vectors])
+    x_outer, x_inner = sch.split(x, [None, tile.pixels])
+    y_outer, y_inner = sch.split(y, [None, tile.rows])
+    f_vectors, f_lanes = sch.split(f_inner, [None, tile.vector])
+    # Channel tiles outermost: a thread's run of iterations shares one tile's weights, which
+    # stay in cache across the rows (late 512-channel layers were weight-bandwidth bound).
+    sch.reorder(n, f_outer, y_outer, x_outer, ry, rx, rc, y_inner, x_inner, f_vectors, f_lanes)
+    sch.parallel(sch.fuse(n, f_outer, y_outer))
+    accumulator = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(accumulator, x_outer)
+    if out is not None:
+        sch.reverse_compute_at(out, x_outer)
+    sch.unroll(y_inner)
+    sch.unroll(x_inner)
+    sch.unroll(f_vectors)
+    sch.vectorize(f_lanes)
+    sch.decompose_reduction(conv, ry)
+    _pack_weights(sch, conv, tile.vector * tile.vectors)
+    for block in [accumulator] + ([out] if out is not None else []):
+        # The epilogue's loops follow its own output (NCHW when a layout transpose fused in).
+        inner = sch.get_loops(block)[-1]
+        if int(sch.get(inner).extent) % tile.vector == 0:
+            _, lanes = sch.split(inner, [None, tile.vector])
+            sch.vectorize(lanes)
+
+
+def _pack_weights(sch, conv, width: int) -> None:
+    """Store the weights tile by tile, [F / width, KH, KW, C, width] instead of [KH, KW, C, F]:
+    one tile's reduction then reads one contiguous block (a 512-channel layer ran at a third of
+    peak reading 256 bytes every 2 KB). Annotated as a layout rewrite, the copy is split out of the
+    kernel and folded into the constant weights at build time (`compile_module`)."""
+    producers = {sch.get(b).writes[0].source.name for b in sch.get_producers(conv)}
+    for index, region in enumerate(sch.get(conv).reads):
+        buffer = region.source
+        shape = [int(d) for d in buffer.shape]
+        if buffer.name in producers or len(shape) != 4 or shape[3] % width:
+            continue
+        packed = sch.cache_read(conv, index, "global")
+        sch.transform_layout(packed, ("write", 0), lambda h, w, c, f: (f // width, h, w, c, f % width))
+        sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
+        return
+
+
+def _is_conv(sch, block) -> bool:
+    return sch.get(block).name_hint in CONV_BLOCKS and _block_kinds(sch, block) == "SSSSRRR"
+
+
+def schedule_func(func, target, convs_only: bool = False):
+    """A scheduled copy of `func`, or None when no rule fits (the build then keeps TVM's default).
+
+    `convs_only`: None unless `func` holds a convolution (the others go to TVM's rules first).
+    """
+    from tvm import s_tir
+
+    unit = VectorUnit.of(target)
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = _root_blocks(sch)
+    except Exception:  # noqa: BLE001 - functions without a root block (already lowered)
+        return None
+    convs = [b for b in blocks if _is_conv(sch, b)]
+    if len(convs) > 1 or (convs_only and not convs):
+        return None
+    if convs:
+        try:
+            schedule_conv(sch, convs[0], unit)
+        except s_tir.ScheduleError:
+            sch = s_tir.Schedule(func)
+            convs = []
+    # The conv's own blocks now sit deeper than their iterators: _parallel_outer leaves them.
+    for block in _root_blocks(sch):
+        try:
+            _parallel_outer(sch, block, unit)
+        except s_tir.ScheduleError:
+            continue
+    return sch
+
+
+def default_schedule_pass(target):
+    """A module pass that schedules every unscheduled PrimFunc: acc's convolution kernel, then
+    TVM's CPU rules (dense layers, reductions), then acc's parallel loops for the rest."""
+    import tvm
+    from tvm import tirx
+    from tvm.s_tir import dlight
+
+    tvm_rules = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())
+
+    def _ours(mod, convs_only: bool):
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or int(func.attrs.get("tirx.is_scheduled", 0)) == 1:
+                continue
+            sch = schedule_func(func, target, convs_only)
+            if sch is not None:
+                updates[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    @tvm.transform.module_pass(opt_level=0, name="AccCpuDefaultSchedule")
+    def _apply(mod, _ctx):
+        return _ours(tvm_rules(_ours(mod, convs_only=True)), convs_only=False)
+
+    return _apply

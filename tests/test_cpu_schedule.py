@@ -1,0 +1,142 @@
+"""acc's default CPU schedules: every zoo graph and awkward conv still matches onnxruntime, every
+conv gets the register-blocked kernel, and tuning keeps the default as a measured record."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import graph_zoo
+from acc.backends import compile as compile_mod
+from acc.backends import cpu_schedule, targets
+from acc.backends.timing import TvmRunner
+from backend_models import OneConv, export
+
+AVX512 = cpu_schedule.VectorUnit(lanes=16, registers=32)
+AVX2 = cpu_schedule.VectorUnit(lanes=8, registers=16)
+NEON = cpu_schedule.VectorUnit(lanes=4, registers=32)
+
+
+def _fits(tile, unit, limit):
+    registers = tile.vectors * -(-tile.vector // unit.lanes)
+    return tile.accumulators <= limit and tile.accumulators + registers + 1 <= unit.registers
+
+
+def test_round_counts_fill_sixteen_accumulators():
+    T = cpu_schedule.ConvTile
+    assert cpu_schedule.conv_tile(64, 56, AVX512, 56, 576) == T(16, 2, 8, 1)
+    assert cpu_schedule.conv_tile(16, 32, AVX512, 32, 144) == T(16, 1, 8, 2)  # one vector: two rows
+    assert cpu_schedule.conv_tile(24, 32, AVX512, 32, 9) == T(8, 1, 8, 2)  # 8 divides 24, 16 does not
+    assert cpu_schedule.conv_tile(64, 28, AVX512, 28, 576).pixels == 7  # the largest divisor of the row up to 8
+    # A 512-channel layer on a 4x4 map: one vector (its packed weights stay in L2), all four rows.
+    assert cpu_schedule.conv_tile(512, 4, AVX512, 4, 4608) == T(16, 1, 4, 4)
+    for unit, limit in ((AVX512, 16), (AVX2, 12), (NEON, 16)):
+        for channels, width, height, reduction in ((64, 32, 32, 576), (512, 2, 2, 4608), (96, 7, 7, 9)):
+            assert _fits(cpu_schedule.conv_tile(channels, width, unit, height, reduction), unit, limit)
+
+
+def test_pruned_counts_get_a_divisor_or_a_whole_predicated_row():
+    assert cpu_schedule.conv_tile(13, 32, AVX512).vector == 13
+    assert cpu_schedule.conv_tile(45, 32, AVX512).vector == 15
+    # No divisor in 4..32: whole vectors over all 37 channels at once, two pixels a row.
+    tile = cpu_schedule.conv_tile(37, 32, AVX512, 32)
+    assert (tile.vector, tile.vectors, tile.pixels) == (16, 3, 2)
+    assert cpu_schedule.conv_tile(3, 32, AVX512).vectors == 1
+
+
+class AwkwardConvs(nn.Module):
+    """Counts no vector divides, a prime wider than two vectors, stride 2, 1x1, dilation,
+    depthwise and grouped convs, odd spatial sizes, a residual add and a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 13, 3, padding=1)
+        self.b = nn.Conv2d(13, 37, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(37, 37, 3, padding=2, dilation=2, groups=37)
+        self.d = nn.Conv2d(37, 24, 1)
+        self.e = nn.Conv2d(24, 24, 3, padding=1, groups=3)
+        self.f = nn.Conv2d(24, 24, 5, padding=2)
+        self.head = nn.Linear(24 * 9 * 9, 7)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        x = nn.functional.relu6(self.c(self.b(x)))
+        x = self.d(x)
+        x = x + torch.relu(self.f(self.e(x)))
+        return self.head(torch.flatten(x, 1))
+
+
+def _check(model, shape, tmp_path):
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    shapes = {sess.get_inputs()[0].name: list(shape)}
+    lib = compile_mod.build(model, "host", tmp_path / "m.so", input_shapes=shapes, log=lambda m: None).library
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    refs = sess.run(None, {sess.get_inputs()[0].name: x})
+    runner = TvmRunner(str(lib))
+    runner.set_inputs([x])
+    for got, ref in zip(runner.outputs(), refs):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_awkward_convs_match_onnxruntime(tmp_path):
+    _check(export(AwkwardConvs(), tmp_path / "awkward.onnx", shape=(1, 3, 17, 17)), (1, 3, 17, 17), tmp_path)
+
+
+# TVM's ONNX frontend cannot import these two (a Reshape of a shape it cannot infer), with or
+# without acc's schedules.
+TVM_CANNOT_IMPORT = {"unknown_op", "padded_shortcut"}
+
+
+@pytest.mark.parametrize("name", sorted((set(graph_zoo.ZOO) | set(graph_zoo.VARIANTS)) - TVM_CANNOT_IMPORT))
+def test_zoo_graphs_match_onnxruntime(name, tmp_path):
+    model = graph_zoo.export(name, tmp_path / f"{name}.onnx")
+    _check(model, graph_zoo.input_shape(name), tmp_path)
+
+
+def _fused_convs(model, target):
+    import tvm
+
+    from tvm import relax
+
+    onnx_model = compile_mod.load_onnx(model)
+    mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
+    with target:
+        fused = tvm.transform.Sequential(compile_mod.fused_passes(target))(mod)
+    return [f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "conv" in g.name_hint]
+
+
+def test_every_conv_gets_the_register_kernel(tmp_path):
+    from tvm import s_tir
+
+    target = targets.resolve("host", None).tvm_target()
+    funcs = _fused_convs(export(AwkwardConvs(), tmp_path / "awkward.onnx", shape=(1, 3, 17, 17)), target)
+    assert len(funcs) == 6
+    for func in funcs:
+        sch = s_tir.Schedule(func)
+        conv = next(b for b in cpu_schedule._root_blocks(sch) if cpu_schedule._is_conv(sch, b))
+        cpu_schedule.schedule_conv(sch, conv, cpu_schedule.VectorUnit.of(target))  # raises if it does not fit
+        assert "T.vectorized" in sch.mod["main"].script()
+
+
+def test_tuning_measures_the_default_schedule_first(tmp_path):
+    from acc.backends import tune
+
+    model = export(OneConv(), tmp_path / "one.onnx", shape=(1, 4, 8, 8))
+    onnx_model = compile_mod.load_onnx(model)
+    inputs = compile_mod.graph_inputs(onnx_model, {})
+    mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, inputs))
+    spec = targets.resolve("host", None)
+    lines = []
+    report = tune.tune(mod, spec, trials_per_task=0, db_root=tmp_path / "db", log=lines.append)
+    assert report.tasks == 1 and report.defaults == 1, lines
+    assert "1 with acc's default schedule measured" in lines[-1]
+    # Built from the database (the default's record), the conv still matches onnxruntime.
+    _check_db = compile_mod.build(model, "host", tmp_path / "one.so", tune_db=tmp_path / "db", log=lambda m: None)
+    x = np.random.default_rng(6).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    runner = TvmRunner(str(_check_db.library))
+    runner.set_inputs([x])
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(runner.outputs()[0], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
