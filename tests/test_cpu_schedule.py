@@ -140,3 +140,8 @@ def test_tuning_measures_the_default_schedule_first(tmp_path):
     runner.set_inputs([x])
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(runner.outputs()[0], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    # A measured default is not a search: asked for trials, tuning still searches the task, once.
+    searched = tune.tune(mod, spec, trials_per_task=2, db_root=tmp_path / "db", log=lines.append)
+    assert (searched.tuned, searched.reused, searched.defaults) == (1, 0, 0), lines
+    again = tune.tune(mod, spec, trials_per_task=2, db_root=tmp_path / "db", log=lines.append)
+    assert (again.tuned, again.reused) == (0, 1), lines

@@ -152,21 +152,25 @@ def tune(
     # Reshapes and reductions have a handful of schedules: MetaSchedule spends ~10 s per pick
     # finding nothing new for them, and the default schedule is as good. Tune the compute.
     tasks = [t for t in extract_tasks(_fused(mod, target), target) if _worth_tuning(t.task_name)]
-    todo = [t for t in tasks if not _has_record(database, t, target)]
+    searched = SearchedTasks(folder)
+    # New tasks get records first (a transferred schedule, acc's default, both measured); with
+    # trials, every task not yet searched with that many is searched, starting from its records.
+    fresh = [t for t in tasks if not _has_record(database, t, target)]
+    todo = [t for t in tasks if searched.trials(t) < trials_per_task] if trials_per_task > 0 else fresh
     reused = len(tasks) - len(todo)
     trials_global = trials_per_task * len(todo)
     builder = runner = None
     seeded: list[str] = []
-    if todo and (transfer or trials_per_task > 0):
+    if fresh or todo:
         builder, runner = make_builder(spec, cc), make_runner(tracker, key)
-    if todo and transfer:
+    if fresh and transfer:
         from acc.backends import tune_transfer
 
         try:
-            seeded = tune_transfer.seed(todo, database, target, builder, runner, tensor_intrin=not plain_llvm(target))
+            seeded = tune_transfer.seed(fresh, database, target, builder, runner, tensor_intrin=not plain_llvm(target))
         except Exception:  # noqa: BLE001 - a failed transfer only means: tune as before
             seeded = []
-    defaults = seed_defaults(todo, database, target, builder, runner) if todo and builder is not None else []
+    defaults = seed_defaults(fresh, database, target, builder, runner) if fresh else []
     rest = (f"{len(todo)} to tune x {trials_per_task} trials" if trials_per_task > 0
             else "no trials")
     log(f"tuning: {len(tasks)} tasks, {reused} already in {folder}, {len(seeded)} seeded from tuned "
@@ -185,8 +189,40 @@ def tune(
                 runner=runner,
                 database=database,
             )
+        searched.record(todo, trials_per_task)
     return TuneReport(database, folder, len(tasks), reused, len(todo) if trials_per_task else 0, trials_per_task,
                       trials_global, [t.task_name for t in tasks], len(seeded), len(defaults))
+
+
+class SearchedTasks:
+    """How many trials per task MetaSchedule has spent on each workload of a database folder.
+
+    A record alone does not say so: seeded records (transferred, acc's default) are measured
+    schedules nobody searched from. Kept beside MetaSchedule's files, keyed by structural hash.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / "acc_searched_trials.json"
+        try:
+            self.counts = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.counts = {}
+
+    @staticmethod
+    def key(task) -> str:
+        import tvm_ffi
+
+        return str(tvm_ffi.structural_hash(task.dispatched[0]))
+
+    def trials(self, task) -> int:
+        return int(self.counts.get(self.key(task), 0))
+
+    def record(self, tasks, trials: int) -> None:
+        from acc.atomic import write_text
+
+        for task in tasks:
+            self.counts[self.key(task)] = max(self.trials(task), trials)
+        write_text(self.path, json.dumps(self.counts, indent=1, sort_keys=True) + "\n")
 
 
 def seed_defaults(tasks, database, target, builder, runner) -> list[str]:
