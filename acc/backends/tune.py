@@ -233,10 +233,8 @@ def seed_defaults(tasks, database, target, builder, runner) -> list[str]:
     """
     if target.kind.name != "llvm":
         return []
-    from tvm.s_tir import meta_schedule as ms
-
     from acc.backends import cpu_schedule
-    from acc.backends.tune_transfer import measure
+    from acc.backends.tune_transfer import commit_measured
 
     scheduled = []
     for task in tasks:
@@ -246,15 +244,7 @@ def seed_defaults(tasks, database, target, builder, runner) -> list[str]:
             sch = None
         if sch is not None:
             scheduled.append((task, sch))
-    names = []
-    for (task, sch), run_secs in zip(scheduled, measure([sch for _, sch in scheduled], target, builder, runner)):
-        if run_secs is None:
-            continue
-        workload = database.commit_workload(task.dispatched[0])
-        args_info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run_secs, target, args_info))
-        names.append(task.task_name)
-    return names
+    return commit_measured(scheduled, database, target, builder, runner)
 
 
 def _fused(mod, target):

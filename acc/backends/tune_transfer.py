@@ -134,8 +134,6 @@ def seed(tasks, database, target, builder, runner, candidates: int = 3, tensor_i
     left out (normal tuning covers it). `tensor_intrin=False` skips importing TVM's tensor
     intrinsics (~20 s) for targets whose postprocessors never use them.
     """
-    from tvm.s_tir import meta_schedule as ms
-
     tuned = tuned_workloads(database)
     trials = []  # (task, schedule)
     postprocs = None
@@ -151,18 +149,27 @@ def seed(tasks, database, target, builder, runner, candidates: int = 3, tensor_i
             sch = replay(trace, mod, postprocs)
             if sch is not None:
                 trials.append((task, sch))
+    return commit_measured(trials, database, target, builder, runner)
+
+
+def commit_measured(trials, database, target, builder, runner) -> list[str]:
+    """Measure each (task, schedule) of `trials` and commit those that ran as tuning records.
+
+    Returns the names of the tasks that got at least one record, in order."""
+    from tvm.s_tir import meta_schedule as ms
+
+    committed: list[str] = []
     if not trials:
-        return []
-    seeded = []
+        return committed
     for (task, sch), run_secs in zip(trials, measure([sch for _, sch in trials], target, builder, runner)):
         if run_secs is None:
             continue
         workload = database.commit_workload(task.dispatched[0])
         args_info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
         database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run_secs, target, args_info))
-        if task.task_name not in seeded:
-            seeded.append(task.task_name)
-    return seeded
+        if task.task_name not in committed:
+            committed.append(task.task_name)
+    return committed
 
 
 def _postprocs(mod, target, tensor_intrin: bool) -> list:
