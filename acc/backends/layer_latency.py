@@ -162,7 +162,7 @@ class OrtTimer(LayerTimer):
         for layer in layers:
             sess = self._session(layer.onnx_model())
             names = [i.name for i in sess.get_inputs()]
-            out.append(self._time_session(sess, dict(zip(names, _random_inputs(layer.shapes)))))
+            out.append(self._time_session(sess, dict(zip(names, _random_inputs(layer.input_shapes())))))
         return out
 
     def time_models(self, models: list) -> list[float]:
@@ -259,7 +259,7 @@ class TvmTimer(LayerTimer):
             combined = tvm.IRModule()
             for i, layer in enumerate(chunk):
                 model = layer.onnx_model()
-                infos = [TensorInfo(vi.name, list(s), "float32") for vi, s in zip(model.graph.input, layer.shapes)]
+                infos = [TensorInfo(vi.name, list(s), "float32") for vi, s in zip(model.graph.input, layer.input_shapes())]
                 with warnings.catch_warnings():  # the layer's output carries no shape: the importer says so
                     warnings.simplefilter("ignore")
                     mod = prepare(import_onnx(model, infos))
@@ -268,7 +268,8 @@ class TvmTimer(LayerTimer):
                 if self.tune_root is not None:
                     self._seed(combined)
                 vm, dev = self._load(combined)
-                out += [self._time(vm, dev, f"layer{i}", _random_inputs(layer.shapes)) for i, layer in enumerate(chunk)]
+                out += [self._time(vm, dev, f"layer{i}", _random_inputs(layer.input_shapes()))
+                        for i, layer in enumerate(chunk)]
             except Exception as err:  # noqa: BLE001 - TVM/RPC raise TVMError with multi-line text
                 raise ToolchainError(f"timing layers on {self.device} failed: {_one_line(err)}") from None
         return out

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from acc.passes.analysis import Analysis
 from acc.passes.counting import count
@@ -41,21 +41,37 @@ class LayerShape:
     """One node alone at concrete input shapes: what the engine times."""
 
     op_type: str
-    shapes: tuple  # one shape per input (activations and weights alike: all graph inputs)
+    shapes: tuple  # one shape per input
     attrs: tuple  # sorted (name, value) pairs
     opset: int = 17
+    constants: tuple = ()  # per input, whether the model holds it as a constant (weights, bias)
 
     def key(self) -> str:
-        return json.dumps([self.op_type, [list(s) for s in self.shapes], [list(a) for a in self.attrs], self.opset])
+        return json.dumps([self.op_type, [list(s) for s in self.shapes], [list(a) for a in self.attrs], self.opset,
+                           [bool(c) for c in self.constants]])
 
-    def onnx_model(self) -> onnx.ModelProto:
-        """A single-node model whose inputs are all graph inputs (weights included, random at run time)."""
+    def input_shapes(self) -> list:
+        """The shapes fed at run time: those of the inputs that are not constants."""
+        return [s for i, s in enumerate(self.shapes) if not self._constant(i)]
+
+    def _constant(self, index: int) -> bool:
+        return index < len(self.constants) and bool(self.constants[index])
+
+    def onnx_model(self, seed: int = 0) -> onnx.ModelProto:
+        """A single-node model; the model's constants are constants here too (random values).
+
+        Engines pre-pack constant weights once (onnxruntime's blocked layouts, acc's TVM pack): as
+        graph inputs a lone conv paid that re-layout on every run, which the model never does."""
+        rng = np.random.default_rng(seed)
         names = [f"in{i}" for i in range(len(self.shapes))]
-        inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(s)) for n, s in zip(names, self.shapes)]
+        inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(s))
+                  for i, (n, s) in enumerate(zip(names, self.shapes)) if not self._constant(i)]
+        inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+                 for i, (n, s) in enumerate(zip(names, self.shapes)) if self._constant(i)]
         output = helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)
         node = helper.make_node(self.op_type, names, ["out"], **{k: (list(v) if isinstance(v, tuple) else v)
                                                                   for k, v in self.attrs})
-        graph = helper.make_graph([node], "layer", inputs, [output])
+        graph = helper.make_graph([node], "layer", inputs, [output], inits)
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
 
 
@@ -153,6 +169,7 @@ class _NodePlan:
     dims: list  # per input, {axis: form index}
     forms: list
     reshape: bool  # False: timed at full width and scaled
+    constants: tuple = ()  # per input, whether the model holds it as a constant
 
 
 def _plan_node(analysis: Analysis, node: onnx.NodeProto, root_group: dict, groups: int,
@@ -187,7 +204,8 @@ def _plan_node(analysis: Analysis, node: onnx.NodeProto, root_group: dict, group
         # grouped convs keep their group count and are scaled
         x_axes = dims[0]
         reshape = reshape and attrs_of(node)["group"] == shapes[0][1] and len(forms) <= 1 and 1 in x_axes
-    return _NodePlan(node, [list(s) for s in shapes], dims, forms, reshape)
+    constants = tuple(name in index.initializers for name in node.input)
+    return _NodePlan(node, [list(s) for s in shapes], dims, forms, reshape, constants)
 
 
 def _grid(form: _Form, widths: np.ndarray, round_to: int, fractions=GRID_FRACTIONS) -> list[int]:
@@ -223,7 +241,7 @@ def _variant(plan: _NodePlan, counts: tuple, opset: int) -> LayerShape:
         attrs["group"] = shapes[0][1]
     items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()
                          if isinstance(v, (int, float, str, list))))
-    return LayerShape(plan.node.op_type, tuple(shapes), items, opset)
+    return LayerShape(plan.node.op_type, tuple(shapes), items, opset, plan.constants)
 
 
 def _opset(model: onnx.ModelProto) -> int:
