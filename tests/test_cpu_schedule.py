@@ -97,14 +97,11 @@ def test_zoo_graphs_match_onnxruntime(name, tmp_path):
 
 
 def _fused_convs(model, target):
-    import tvm
-
     from tvm import relax
 
     onnx_model = compile_mod.load_onnx(model)
     mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
-    with target:
-        fused = tvm.transform.Sequential(compile_mod.fused_passes(target))(mod)
+    fused = compile_mod.fuse(mod, target)
     return [f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "conv" in g.name_hint]
 
 

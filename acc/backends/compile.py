@@ -133,9 +133,7 @@ def clips_as_relax_ops(mod):
                 return call
             return op(x, relax.const(bound.reshape([1] * len(shape.values)), str(bound.dtype)))
 
-    rewritten = Rewrite().visit_expr(mod["main"])
-    mod = mod.copy() if hasattr(mod, "copy") else mod
-    mod["main"] = rewritten
+    mod["main"] = Rewrite().visit_expr(mod["main"])
     return relax.transform.DeadCodeElimination()(mod)
 
 
@@ -189,8 +187,7 @@ def compile_module(mod, spec: targets_mod.TargetSpec, database=None):
     from tvm import relax
 
     target = spec.tvm_target()
-    with target:
-        mod = tvm.transform.Sequential(fused_passes(target))(mod)
+    mod = fuse(mod, target)
     if database is not None:
         with target, database, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
@@ -217,9 +214,10 @@ def compile_module(mod, spec: targets_mod.TargetSpec, database=None):
         return relax.build(mod, target=target, relax_pipeline=lower)
 
 
-def fused_passes(target) -> list:
-    """Legalise and fuse into one TIR function per kernel: the tasks tuning sees and the build's
-    input (the same passes in both, so database keys match)."""
+def fuse(mod, target):
+    """`mod` legalised and fused into one TIR function per kernel: the tasks tuning sees and the
+    build's input (one function for both, so database keys match)."""
+    import tvm
     from tvm import relax
     from tvm.relax import pipeline
 
@@ -227,8 +225,10 @@ def fused_passes(target) -> list:
         dispatch = pipeline.library_dispatch_passes(target)
     except (ValueError, AttributeError):
         dispatch = []
-    return [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    seq = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+           relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with target:
+        return tvm.transform.Sequential(seq)(mod)
 
 
 def export(executable, out: Path, cc: str | None) -> None:

@@ -32,7 +32,7 @@ class VectorUnit:
         except Exception:  # noqa: BLE001 - an LLVM that cannot answer: assume 128-bit vectors
             bits = 128
         lanes = max(bits // 32, 1)
-        triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
+        triple = str(target.attrs.get("mtriple", ""))
         # x86 before AVX-512 has 16 vector registers; AVX-512 and AArch64 have 32.
         registers = 32 if lanes >= 16 or triple.startswith(("aarch64", "arm64")) else 16
         return cls(lanes, registers)

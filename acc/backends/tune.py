@@ -151,7 +151,9 @@ def tune(
     database = ms.database.JSONDatabase(work_dir=str(folder))
     # Reshapes and reductions have a handful of schedules: MetaSchedule spends ~10 s per pick
     # finding nothing new for them, and the default schedule is as good. Tune the compute.
-    tasks = [t for t in extract_tasks(_fused(mod, target), target) if _worth_tuning(t.task_name)]
+    from acc.backends.compile import fuse
+
+    tasks = [t for t in extract_tasks(fuse(mod, target), target) if _worth_tuning(t.task_name)]
     searched = SearchedTasks(folder)
     # New tasks get records first (a transferred schedule, acc's default, both measured); with
     # trials, every task not yet searched with that many is searched, starting from its records.
@@ -245,16 +247,6 @@ def seed_defaults(tasks, database, target, builder, runner) -> list[str]:
         if sch is not None:
             scheduled.append((task, sch))
     return commit_measured(scheduled, database, target, builder, runner)
-
-
-def _fused(mod, target):
-    """The fused-TIR module, prepared exactly as the build prepares it (so database keys match)."""
-    import tvm
-
-    from acc.backends.compile import fused_passes
-
-    with target:
-        return tvm.transform.Sequential(fused_passes(target))(mod)
 
 
 def _worth_tuning(task_name: str) -> bool:
