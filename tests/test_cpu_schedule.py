@@ -69,6 +69,24 @@ class AwkwardConvs(nn.Module):
         return self.head(torch.flatten(x, 1))
 
 
+class InvertedResiduals(nn.Module):
+    """MobileNetV2's blocks: 1x1 convs whose input channels a vector divides (as the weights'
+    do), depthwise convs (stride 1 and 2, a channel multiplier of 2) and a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.project = nn.Conv2d(32, 32, 1)
+        self.dw2 = nn.Conv2d(32, 64, 3, stride=2, padding=1, groups=32)
+        self.project2 = nn.Conv2d(64, 16, 1)
+
+    def forward(self, x):
+        x = nn.functional.relu6(self.stem(x))
+        x = x + self.project(nn.functional.relu6(self.dw(x)))
+        return self.project2(nn.functional.relu6(self.dw2(x)))
+
+
 def _check(model, shape, tmp_path):
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     shapes = {sess.get_inputs()[0].name: list(shape)}
@@ -103,6 +121,44 @@ def _fused_convs(model, target):
     mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
     fused = compile_mod.fuse(mod, target)
     return [f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "conv" in g.name_hint]
+
+
+def test_inverted_residuals_match_onnxruntime(tmp_path):
+    _check(export(InvertedResiduals(), tmp_path / "ir.onnx", shape=(1, 3, 16, 16)), (1, 3, 16, 16), tmp_path)
+
+
+def test_only_weights_are_packed_and_folded_at_build_time(tmp_path):
+    """A 1x1 conv's input matches the weights' shape rule too: packing it would run a copy of the
+    activations on every inference. Every packing left must fold into a constant."""
+    target = targets.resolve("host", None).tvm_target()
+    onnx_model = compile_mod.load_onnx(export(InvertedResiduals(), tmp_path / "ir.onnx", shape=(1, 3, 16, 16)))
+    mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
+    main = compile_mod.schedule_module(mod, target)["main"].script()
+    assert "prepacked" in main and "weight_prepack" not in main
+
+
+def _scheduled_convs(model, target):
+    from tvm import s_tir
+
+    for func in _fused_convs(model, target):
+        sch = s_tir.Schedule(func)
+        conv = next(b for b in cpu_schedule._root_blocks(sch) if cpu_schedule._is_conv(sch, b))
+        depthwise = int(sch.get(sch.get_loops(conv)[-1]).extent) == 1
+        cpu_schedule.schedule_conv(sch, conv, cpu_schedule.VectorUnit.of(target))
+        yield depthwise, sch.mod["main"].script()
+
+
+def test_depthwise_pads_inside_its_parallel_loop_and_pointwise_copies_nothing(tmp_path):
+    target = targets.resolve("host", None).tvm_target()
+    kinds = []
+    for depthwise, script in _scheduled_convs(export(InvertedResiduals(), tmp_path / "ir.onnx", (1, 3, 16, 16)), target):
+        if depthwise:  # one parallel loop, the padding under it
+            assert script.count("T.parallel") == 1
+            assert script.index("T.parallel") < script.index('T.sblock("pad_temp")')
+            kinds.append("depthwise")
+        else:  # the frontend's zero-padding copy of a 1x1 conv's input is inlined
+            kinds.append("padded" if "pad_temp" in script else "unpadded")
+    assert sorted(kinds) == ["depthwise", "depthwise", "padded", "unpadded", "unpadded"], kinds
 
 
 def test_every_conv_gets_the_register_kernel(tmp_path):

@@ -187,6 +187,26 @@ def compile_module(mod, spec: targets_mod.TargetSpec, database=None):
     from tvm import relax
 
     target = spec.tvm_target()
+    mod = schedule_module(mod, target, database)
+    from tvm.relax import pipeline
+
+    try:
+        lower = pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
+    except (ValueError, AttributeError):  # TVM 0.27's dispatcher names CPU functions it lacks
+        from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+        lower = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+    lower = tvm.transform.Sequential(lower)
+    with tvm.transform.PassContext(opt_level=3):
+        return relax.build(mod, target=target, relax_pipeline=lower)
+
+
+def schedule_module(mod, target, database=None):
+    """`mod` fused and every kernel scheduled (tuned records first, then acc's CPU defaults), its
+    weight layout rewrites already applied to the constants: what the build lowers."""
+    import tvm
+    from tvm import relax
+
     mod = fuse(mod, target)
     if database is not None:
         with target, database, tvm.transform.PassContext(opt_level=3):
@@ -199,19 +219,8 @@ def compile_module(mod, spec: targets_mod.TargetSpec, database=None):
     # Weight layout rewrites (packed conv weights) become functions of their own, run on the
     # constant weights here, at build time.
     with target:
-        mod = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
-                                        relax.transform.FoldConstant()])(mod)
-    from tvm.relax import pipeline
-
-    try:
-        lower = pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
-    except (ValueError, AttributeError):  # TVM 0.27's dispatcher names CPU functions it lacks
-        from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-        lower = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
-    lower = tvm.transform.Sequential(lower)
-    with tvm.transform.PassContext(opt_level=3):
-        return relax.build(mod, target=target, relax_pipeline=lower)
+        return tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
+                                         relax.transform.FoldConstant()])(mod)
 
 
 def fuse(mod, target):

@@ -140,20 +140,47 @@ def _parallel_outer(sch, block, unit: VectorUnit) -> None:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
+def _inline_plain_copies(sch, conv) -> None:
+    """Inline the conv's input copies: the frontend pads every conv's input, with zero padding
+    too (a 1x1 conv), and that copy of the whole input cost as much as a small conv's FMAs."""
+    from tvm import ir, tirx
+
+    for producer in sch.get_producers(conv):
+        body = sch.get(producer).body
+        if isinstance(body, tirx.BufferStore) and isinstance(body.value, ir.TensorLoad):
+            sch.compute_inline(producer)
+
+
 def schedule_conv(sch, conv, unit: VectorUnit) -> None:
     """Register-blocked direct NHWC convolution with its epilogue fused into the tile."""
+    _inline_plain_copies(sch, conv)
     n, y, x, f, ry, rx, rc = sch.get_loops(conv)
     channels, width, height, kh, kw, per_group = (int(sch.get(loop).extent) for loop in (f, x, y, ry, rx, rc))
     tile = conv_tile(channels, width, unit, height, kh * kw * per_group)
     out = _inline_epilogue(sch, conv)
+    padding = list(sch.get_producers(conv))
     f_outer, f_inner = sch.split(f, [None, tile.vector * tile.vectors])
     x_outer, x_inner = sch.split(x, [None, tile.pixels])
     y_outer, y_inner = sch.split(y, [None, tile.rows])
     f_vectors, f_lanes = sch.split(f_inner, [None, tile.vector])
-    # Channel tiles outermost: a thread's run of iterations shares one tile's weights, which
-    # stay in cache across the rows (late 512-channel layers were weight-bandwidth bound).
-    sch.reorder(n, f_outer, y_outer, x_outer, ry, rx, rc, y_inner, x_inner, f_vectors, f_lanes)
-    sch.parallel(sch.fuse(n, f_outer, y_outer))
+    depthwise = per_group == 1 and kh * kw > 1
+    if depthwise:
+        # Rows outermost, each iteration pads just the rows and channels it reads: a depthwise
+        # conv does 9 FMAs per input value, so a separate pass over the padded copy (and the
+        # other core's cache lines it then reads) cost as much as the conv.
+        sch.reorder(n, y_outer, f_outer, x_outer, ry, rx, rc, y_inner, x_inner, f_vectors, f_lanes)
+        outer = sch.fuse(n, y_outer, f_outer)
+    else:
+        # Channel tiles outermost: a thread's run of iterations shares one tile's weights, which
+        # stay in cache across the rows (late 512-channel layers were weight-bandwidth bound).
+        sch.reorder(n, f_outer, y_outer, x_outer, ry, rx, rc, y_inner, x_inner, f_vectors, f_lanes)
+        outer = sch.fuse(n, f_outer, y_outer)
+    sch.parallel(outer)
+    if depthwise and len(padding) == 1:
+        sch.compute_at(padding[0], outer)
+        channel_loop = sch.get_loops(padding[0])[-1]
+        if int(sch.get(channel_loop).extent) % tile.vector == 0:
+            sch.vectorize(sch.split(channel_loop, [None, tile.vector])[1])
     accumulator = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(accumulator, x_outer)
     if out is not None:
@@ -177,11 +204,17 @@ def _pack_weights(sch, conv, width: int) -> None:
     one tile's reduction then reads one contiguous block (a 512-channel layer ran at a third of
     peak reading 256 bytes every 2 KB). Annotated as a layout rewrite, the copy is split out of the
     kernel and folded into the constant weights at build time (`compile_module`)."""
+    from tvm.tirx.analysis import undefined_vars
+
+    block = sch.get(conv)
     producers = {sch.get(b).writes[0].source.name for b in sch.get_producers(conv)}
-    for index, region in enumerate(sch.get(conv).reads):
+    channel = block.iter_vars[3].var  # the output channel: only the weights' last axis follows it
+    for index, region in enumerate(block.reads):
         buffer = region.source
         shape = [int(d) for d in buffer.shape]
         if buffer.name in producers or len(shape) != 4 or shape[3] % width:
+            continue
+        if not any(var.same_as(channel) for var in undefined_vars(region.region[3].min)):
             continue
         packed = sch.cache_read(conv, index, "global")
         sch.transform_layout(packed, ("write", 0), lambda h, w, c, f: (f // width, h, w, c, f % width))
