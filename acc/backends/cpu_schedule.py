@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
+# Raised whenever the kernels change: tuning databases measure the new default once more
+# (`tune.DEFAULT_SCHEDULE_VERSIONS`) instead of replaying the old one they hold.
+VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -201,8 +201,11 @@ class TvmTimer(LayerTimer):
 
         name = db_dir(self.cache_root, self.spec).name
         device = hashlib.sha256(self.device.encode()).hexdigest()[:8]
-        # TVM's version is in the name: another TVM compiles other kernels, so its times are others
-        return f"tvm-{name}-{device}-{tvm.__version__}" + ("-tuned" if self.tune_root is not None else "")
+        # TVM's version and acc's kernels' are in the name: other kernels, other times
+        from acc.backends.cpu_schedule import VERSION
+
+        return (f"tvm-{name}-{device}-{tvm.__version__}-k{VERSION}"
+                + ("-tuned" if self.tune_root is not None else ""))
 
     def describe(self) -> dict:
         return {**super().describe(), "target": self.spec.name, "device": self.device,

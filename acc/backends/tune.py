@@ -154,16 +154,20 @@ def tune(
     from acc.backends.compile import fuse
 
     tasks = [t for t in extract_tasks(fuse(mod, target), target) if _worth_tuning(t.task_name)]
-    searched = SearchedTasks(folder)
+    searched = TaskLedger(folder, SEARCHED_TRIALS)
     # New tasks get records first (a transferred schedule, acc's default, both measured); with
     # trials, every task not yet searched with that many is searched, starting from its records.
     fresh = [t for t in tasks if not _has_record(database, t, target)]
-    todo = [t for t in tasks if searched.trials(t) < trials_per_task] if trials_per_task > 0 else fresh
+    todo = [t for t in tasks if searched.get(t) < trials_per_task] if trials_per_task > 0 else fresh
     reused = len(tasks) - len(todo)
     trials_global = trials_per_task * len(todo)
+    # Tasks whose default was measured with an older acc kernel get the current one measured too:
+    # the build applies whichever record ran faster.
+    default_versions = TaskLedger(folder, DEFAULT_SCHEDULE_VERSIONS)
+    stale = [t for t in tasks if all(t is not f for f in fresh) and default_versions.get(t) < _default_version(target)]
     builder = runner = None
     seeded: list[str] = []
-    if fresh or todo:
+    if fresh or todo or stale:
         builder, runner = make_builder(spec, cc), make_runner(tracker, key)
     if fresh and transfer:
         from acc.backends import tune_transfer
@@ -172,7 +176,8 @@ def tune(
             seeded = tune_transfer.seed(fresh, database, target, builder, runner, tensor_intrin=not plain_llvm(target))
         except Exception:  # noqa: BLE001 - a failed transfer only means: tune as before
             seeded = []
-    defaults = seed_defaults(fresh, database, target, builder, runner) if fresh else []
+    defaults = seed_defaults(fresh + stale, database, target, builder, runner) if fresh or stale else []
+    default_versions.raise_to(fresh + stale, _default_version(target))
     rest = (f"{len(todo)} to tune x {trials_per_task} trials" if trials_per_task > 0
             else "no trials")
     log(f"tuning: {len(tasks)} tasks, {reused} already in {folder}, {len(seeded)} seeded from tuned "
@@ -191,20 +196,23 @@ def tune(
                 runner=runner,
                 database=database,
             )
-        searched.record(todo, trials_per_task)
+        searched.raise_to(todo, trials_per_task)
     return TuneReport(database, folder, len(tasks), reused, len(todo) if trials_per_task else 0, trials_per_task,
                       trials_global, [t.task_name for t in tasks], len(seeded), len(defaults))
 
 
-class SearchedTasks:
-    """How many trials per task MetaSchedule has spent on each workload of a database folder.
+SEARCHED_TRIALS = "acc_searched_trials.json"  # trials per task MetaSchedule has spent on it
+DEFAULT_SCHEDULE_VERSIONS = "acc_default_schedules.json"  # cpu_schedule.VERSION last measured
 
-    A record alone does not say so: seeded records (transferred, acc's default) are measured
-    schedules nobody searched from. Kept beside MetaSchedule's files, keyed by structural hash.
-    """
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / "acc_searched_trials.json"
+class TaskLedger:
+    """A number per workload of a database folder, kept beside MetaSchedule's files and keyed by
+    structural hash: what a record alone does not say. Seeded records (transferred, acc's
+    default) are measured schedules nobody searched from (`SEARCHED_TRIALS`); a default measured
+    with an older acc kernel is worth measuring again (`DEFAULT_SCHEDULE_VERSIONS`)."""
+
+    def __init__(self, folder: Path, name: str):
+        self.path = Path(folder) / name
         try:
             self.counts = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -216,15 +224,23 @@ class SearchedTasks:
 
         return str(tvm_ffi.structural_hash(task.dispatched[0]))
 
-    def trials(self, task) -> int:
+    def get(self, task) -> int:
         return int(self.counts.get(self.key(task), 0))
 
-    def record(self, tasks, trials: int) -> None:
+    def raise_to(self, tasks, value: int) -> None:
+        if not tasks:
+            return
         from acc.atomic import write_text
 
         for task in tasks:
-            self.counts[self.key(task)] = max(self.trials(task), trials)
+            self.counts[self.key(task)] = max(self.get(task), value)
         write_text(self.path, json.dumps(self.counts, indent=1, sort_keys=True) + "\n")
+
+
+def _default_version(target) -> int:
+    from acc.backends import cpu_schedule
+
+    return cpu_schedule.VERSION if target.kind.name == "llvm" else 0
 
 
 def seed_defaults(tasks, database, target, builder, runner) -> list[str]:
