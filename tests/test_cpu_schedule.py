@@ -29,7 +29,10 @@ def test_round_counts_fill_sixteen_accumulators():
     T = cpu_schedule.ConvTile
     assert cpu_schedule.conv_tile(64, 56, AVX512, 56, 576) == T(16, 2, 8, 1)
     assert cpu_schedule.conv_tile(16, 32, AVX512, 32, 144) == T(16, 1, 8, 2)  # one vector: two rows
-    assert cpu_schedule.conv_tile(24, 32, AVX512, 32, 9) == T(8, 1, 8, 2)  # 8 divides 24, 16 does not
+    # 8 divides 24, 16 does not: all three half-width vectors at once, four pixels
+    assert cpu_schedule.conv_tile(24, 32, AVX512, 32, 9) == T(8, 3, 4, 1)
+    assert cpu_schedule.conv_tile(40, 16, AVX512, 16, 144) == T(8, 5, 2, 1)
+    assert cpu_schedule.conv_tile(24, 7, AVX512, 7, 9) == T(8, 1, 7, 1)  # no two pixels divide the row
     assert cpu_schedule.conv_tile(64, 28, AVX512, 28, 576).pixels == 7  # the largest divisor of the row up to 8
     # A 512-channel layer on a 4x4 map: one vector (its packed weights stay in L2), all four rows.
     assert cpu_schedule.conv_tile(512, 4, AVX512, 4, 4608) == T(16, 1, 4, 4)
