@@ -50,6 +50,17 @@ def test_pruned_counts_get_a_divisor_or_a_whole_predicated_row():
     assert cpu_schedule.conv_tile(3, 32, AVX512).vectors == 1
 
 
+def test_counts_without_a_small_divisor_are_computed_wider():
+    for unit in (AVX512, AVX2, NEON):
+        assert cpu_schedule.padded_channels(64, unit) == 64
+        assert cpu_schedule.padded_channels(45, unit) == (45 if unit.lanes >= 5 else 48)  # 5 or 9 or 15 divides
+        assert cpu_schedule.padded_channels(3, unit) == 3  # a stem's colour channels: too few to matter
+    assert cpu_schedule.padded_channels(181, AVX512) == 192  # prime: a whole vector more, 6 %
+    assert cpu_schedule.padded_channels(362, AVX512) == 368
+    assert cpu_schedule.padded_channels(37, AVX512) == 40  # 48 would add 30 %: the next multiple of 4
+    assert cpu_schedule.padded_channels(37, NEON) == 40
+
+
 class AwkwardConvs(nn.Module):
     """Counts no vector divides, a prime wider than two vectors, stride 2, 1x1, dilation,
     depthwise and grouped convs, odd spatial sizes, a residual add and a classifier."""
@@ -124,6 +135,36 @@ def _fused_convs(model, target):
     mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
     fused = compile_mod.fuse(mod, target)
     return [f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "conv" in g.name_hint]
+
+
+class PrimeWidths(nn.Module):
+    """A pruned ResNet's widths with a large prime factor (181, 2 x 181) and a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 181, 3, padding=1)
+        self.b = nn.Conv2d(181, 181, 3, padding=1)
+        self.c = nn.Conv2d(181, 362, 1, stride=2)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        return self.c(torch.relu(self.b(x)) + x)
+
+
+def test_prime_widths_match_onnxruntime_computed_on_whole_vectors(tmp_path):
+    model = export(PrimeWidths(), tmp_path / "prime.onnx", shape=(1, 3, 8, 8))
+    _check(model, (1, 3, 8, 8), tmp_path)
+    target = targets.resolve("host", None).tvm_target()
+    unit = cpu_schedule.VectorUnit.of(target)
+    convs = _fused_convs(model, target)
+    assert len(convs) == 3
+    widths = sorted(int(w) for w in (cpu_schedule.padded_channels(181, unit), cpu_schedule.padded_channels(362, unit)))
+    assert widths[0] > 181
+    scripts = [func.script() for func in convs]
+    # Each conv computes the padded count, sliced back in its epilogue.
+    assert all("strided_slice" in script for script in scripts)
+    assert sum(f"T.int64({widths[0]})" in script for script in scripts) == 2
+    assert sum(f"T.int64({widths[1]})" in script for script in scripts) == 1
 
 
 def test_inverted_residuals_match_onnxruntime(tmp_path):

@@ -236,6 +236,10 @@ def fuse(mod, target):
         dispatch = []
     seq = [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
            relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    if target.kind.name == "llvm":
+        from acc.backends.cpu_schedule import pad_conv_channels
+
+        mod = pad_conv_channels(mod, target)
     with target:
         return tvm.transform.Sequential(seq)(mod)
 

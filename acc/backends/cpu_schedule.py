@@ -18,7 +18,7 @@ from dataclasses import dataclass
 CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 # Raised whenever the kernels change: tuning databases measure the new default once more
 # (`tune.DEFAULT_SCHEDULE_VERSIONS`) instead of replaying the old one they hold.
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,11 @@ def conv_tile(channels: int, width: int, unit: VectorUnit, height: int = 1, redu
         counts = [v for v in counts if v == 1 or reduction * v * full * 4 <= WEIGHT_TILE_BYTES]
     else:
         # A count no full vector divides (a pruned 13 or 45): one vector of its largest divisor up
-        # to two registers wide (LLVM widens it), measured close to a round count. With no such
-        # divisor (37, 74) a predicated tail: whole vectors over every channel at once, few pixels
-        # (a tail split across tiles measured 10x slower).
-        vector = max((v for v in range(4, 2 * unit.lanes + 1) if channels % v == 0), default=0)
+        # to one register wide, measured close to a round count (wider, LLVM's <30 x float> ran
+        # 30x slower: ResNet-18's 90-channel convs). With no such divisor (37, 181) a predicated
+        # tail: whole vectors over every channel at once, few pixels (a tail split across tiles
+        # measured 10x slower).
+        vector = max((v for v in range(4, unit.lanes + 1) if channels % v == 0), default=0)
         counts, cap = [1], 8
         if not vector:
             vector, counts, cap = unit.lanes, [-(-channels // unit.lanes)], 2
@@ -231,6 +232,53 @@ def _pack_weights(sch, conv, width: int) -> None:
         sch.transform_layout(packed, ("write", 0), lambda h, w, c, f: (f // width, h, w, c, f % width))
         sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
         return
+
+
+def padded_channels(channels: int, unit: VectorUnit) -> int:
+    """The output channels a conv is computed with: `channels`, unless no divisor of it from 4 to
+    the vector length exists (181, 37: the kernel would need predicated vectors, measured 3-10x
+    slower than the next round count). Then a multiple of the vector length when that adds at
+    most an eighth, else of 4 (on AVX-512, 37 -> 40 rather than 48)."""
+    if channels < 4 or any(channels % v == 0 for v in range(4, unit.lanes + 1)):
+        return channels
+    whole = -(-channels // unit.lanes) * unit.lanes
+    return whole if whole - channels <= channels / 8 else -(-channels // 4) * 4
+
+
+def pad_conv_channels(mod, target):
+    """`mod` with each NHWC conv whose output channels `padded_channels` widens computed at the
+    wider count (weights padded with zeros, folded at build time) and sliced back: the slice is one
+    copy of the output, against whole predicated vectors in every FMA of the conv."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    unit = VectorUnit.of(target)
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+
+    @relax.expr_functor.mutator
+    class Pad(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op != conv2d or not isinstance(call.args[1], tvm.ir.GenericConst):
+                return call
+            a = call.attrs
+            if (a.data_layout, a.kernel_layout, a.out_layout, int(a.groups)) != ("NHWC", "HWIO", "NHWC", 1):
+                return call
+            weight = call.args[1].value.numpy()
+            channels = weight.shape[3]
+            wider = padded_channels(channels, unit)
+            if wider == channels:
+                return call
+            weight = np.pad(weight, [(0, 0)] * 3 + [(0, wider - channels)])
+            conv = relax.op.nn.conv2d(call.args[0], relax.const(weight, str(weight.dtype)), a.strides, a.padding,
+                                      a.dilation, 1, "NHWC", "HWIO", "NHWC", a.out_dtype or None)
+            return relax.op.strided_slice(conv, axes=[3], begin=[0], end=[channels], assume_inbound=True)
+
+    functions = dict(mod.functions_items())
+    main = next(g for g in functions if g.name_hint == "main")
+    functions[main] = Pad().visit_expr(mod["main"])
+    return tvm.IRModule(functions, attrs=mod.attrs)
 
 
 def _is_conv(sch, block) -> bool:
