@@ -275,9 +275,8 @@ def pad_conv_channels(mod, target):
                                       a.dilation, 1, "NHWC", "HWIO", "NHWC", a.out_dtype or None)
             return relax.op.strided_slice(conv, axes=[3], begin=[0], end=[channels], assume_inbound=True)
 
-    functions = dict(mod.functions_items())
-    main = next(g for g in functions if g.name_hint == "main")
-    functions[main] = Pad().visit_expr(mod["main"])
+    functions = {gvar: Pad().visit_expr(func) if isinstance(func, relax.Function) else func
+                 for gvar, func in mod.functions_items()}  # main, or a latency table's layer0..N
     return tvm.IRModule(functions, attrs=mod.attrs)
 
 
