@@ -115,26 +115,38 @@ def clips_as_relax_ops(mod):
     call_tir = tvm.ir.Op.get("relax.call_tir")
     ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
+    def rewrite(call):
+        if call.op != call_tir or not isinstance(call.args[0], tvm.ir.GlobalVar):
+            return call
+        op = ops.get(call.args[0].name_hint.rstrip("0123456789"))  # maximum, maximum1, ...
+        args = list(call.args[1].fields) if isinstance(call.args[1], tvm.ir.Tuple) else []
+        if op is None or len(args) != 2 or not isinstance(args[1], tvm.ir.GenericConst):
+            return call
+        x, bound = args[0], args[1].value.numpy()
+        shape = getattr(x.ty, "shape", None)
+        if bound.size != 1 or not isinstance(shape, relax.ShapeExpr) or str(call.ty.shape) != str(shape):
+            return call
+        if call.ty.dtype != str(bound.dtype):
+            return call
+        return op(x, relax.const(bound.reshape([1] * len(shape.values)), str(bound.dtype)))
+
+    return relax.transform.DeadCodeElimination()(rewrite_calls(mod, rewrite))
+
+
+def rewrite_calls(mod, rewrite):
+    """A new module: every call in `mod`'s Relax functions (main, or a latency table's
+    layer0..N) passed through `rewrite(call) -> expr`, its arguments rewritten first."""
+    import tvm
+    from tvm import relax
+
     @relax.expr_functor.mutator
     class Rewrite(relax.PyExprMutator):
         def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if call.op != call_tir or not isinstance(call.args[0], tvm.ir.GlobalVar):
-                return call
-            op = ops.get(call.args[0].name_hint.rstrip("0123456789"))  # maximum, maximum1, ...
-            args = list(call.args[1].fields) if isinstance(call.args[1], tvm.ir.Tuple) else []
-            if op is None or len(args) != 2 or not isinstance(args[1], tvm.ir.GenericConst):
-                return call
-            x, bound = args[0], args[1].value.numpy()
-            shape = getattr(x.ty, "shape", None)
-            if bound.size != 1 or not isinstance(shape, relax.ShapeExpr) or str(call.ty.shape) != str(shape):
-                return call
-            if call.ty.dtype != str(bound.dtype):
-                return call
-            return op(x, relax.const(bound.reshape([1] * len(shape.values)), str(bound.dtype)))
+            return rewrite(super().visit_call_(call))
 
-    mod["main"] = Rewrite().visit_expr(mod["main"])
-    return relax.transform.DeadCodeElimination()(mod)
+    functions = {gvar: Rewrite().visit_expr(func) if isinstance(func, relax.Function) else func
+                 for gvar, func in mod.functions_items()}
+    return tvm.IRModule(functions, attrs=mod.attrs)
 
 
 def import_onnx(model: onnx.ModelProto, inputs: list[TensorInfo]):
