@@ -6,6 +6,8 @@ register-blocked direct kernel: a tile of output pixels times one or two vectors
 channels is kept in registers while the reduction runs over (kh, kw, input channel); each step
 loads the weight vectors once, broadcasts one input value per pixel and issues pixels x vectors
 FMAs. The epilogue (bias, activation, residual add) is computed on the tile as it is written.
+Depthwise convs pad inside their parallel loop; a dense conv whose output count no small vector
+divides is computed at a padded count (`pad_conv_channels`, a graph rewrite before fusion).
 Everything else (padding, layout transposes, pooling, elementwise) runs in parallel over its
 outer loops with the innermost loop vectorised when the channel count allows. Dense layers and
 reductions use TVM's own CPU rules. A tuned schedule from a database always wins.
@@ -60,6 +62,11 @@ def _divisors(n: int, cap: int) -> list[int]:
 WEIGHT_TILE_BYTES = 256 * 1024  # one channel tile's packed weights: kept within a core's L2
 
 
+def _divisor_vector(channels: int, unit: VectorUnit) -> int:
+    """The widest vector from 4 lanes to one register that divides `channels` (0: none does)."""
+    return max((v for v in range(4, unit.lanes + 1) if channels % v == 0), default=0)
+
+
 def conv_tile(channels: int, width: int, unit: VectorUnit, height: int = 1, reduction: int = 1) -> ConvTile:
     """The register tile for `height` x `width` output pixels of `channels` channels, each the sum
     of `reduction` products (KH * KW * input channels per group).
@@ -81,7 +88,7 @@ def conv_tile(channels: int, width: int, unit: VectorUnit, height: int = 1, redu
         # 30x slower: ResNet-18's 90-channel convs). With no such divisor (37, 181) a predicated
         # tail: whole vectors over every channel at once, few pixels (a tail split across tiles
         # measured 10x slower).
-        vector = max((v for v in range(4, unit.lanes + 1) if channels % v == 0), default=0)
+        vector = _divisor_vector(channels, unit)
         counts, cap = [1], 8
         if not vector:
             vector, counts, cap = unit.lanes, [-(-channels // unit.lanes)], 2
@@ -215,7 +222,7 @@ def _pack_weights(sch, conv, width: int) -> None:
     """Store the weights tile by tile, [F / width, KH, KW, C, width] instead of [KH, KW, C, F]:
     one tile's reduction then reads one contiguous block (a 512-channel layer ran at a third of
     peak reading 256 bytes every 2 KB). Annotated as a layout rewrite, the copy is split out of the
-    kernel and folded into the constant weights at build time (`compile_module`)."""
+    kernel and folded into the constant weights at build time (`compile.schedule_module`)."""
     from tvm.tirx.analysis import undefined_vars
 
     block = sch.get(conv)
@@ -239,7 +246,7 @@ def padded_channels(channels: int, unit: VectorUnit) -> int:
     the vector length exists (181, 37: the kernel would need predicated vectors, measured 3-10x
     slower than the next round count). Then a multiple of the vector length when that adds at
     most an eighth, else of 4 (on AVX-512, 37 -> 40 rather than 48)."""
-    if channels < 4 or any(channels % v == 0 for v in range(4, unit.lanes + 1)):
+    if channels < 4 or _divisor_vector(channels, unit):
         return channels
     whole = -(-channels // unit.lanes) * unit.lanes
     return whole if whole - channels <= channels / 8 else -(-channels // 4) * 4

@@ -164,7 +164,8 @@ def tune(
     # Tasks whose default was measured with an older acc kernel get the current one measured too:
     # the build applies whichever record ran faster.
     default_versions = TaskLedger(folder, DEFAULT_SCHEDULE_VERSIONS)
-    stale = [t for t in tasks if all(t is not f for f in fresh) and default_versions.get(t) < _default_version(target)]
+    fresh_ids = {id(t) for t in fresh}
+    stale = [t for t in tasks if id(t) not in fresh_ids and default_versions.get(t) < _default_version(target)]
     builder = runner = None
     seeded: list[str] = []
     if fresh or todo or stale:
