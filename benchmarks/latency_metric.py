@@ -81,12 +81,14 @@ def main(argv=None) -> int:
     ap.add_argument("--order-by", default="latency", choices=["latency", "params", "flops"],
                     help="the latency run's experience rule (acc's default with --metric latency: latency)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep every run's output folder (report.json, model.onnx) under DIR, to look into a run afterwards")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     flops_rates = [float(x) for x in args.flops_rates.split(",")]
     rows, summary = [], []
     with tempfile.TemporaryDirectory(prefix="acc-latency-metric-") as tmp:
-        work = Path(tmp)
+        work = Path(args.keep) if args.keep else Path(tmp)
         for seed in seeds:
             lat_row = run(args.model, args.data, "latency", args.rate, seed, args, work)
             flops_rows = [run(args.model, args.data, "flops", f, seed, args, work) for f in flops_rates]

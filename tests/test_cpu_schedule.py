@@ -51,14 +51,21 @@ def test_pruned_counts_get_a_divisor_or_a_whole_predicated_row():
 
 
 def test_counts_without_a_small_divisor_are_computed_wider():
+    pad = cpu_schedule.padded_channels
     for unit in (AVX512, AVX2, NEON):
-        assert cpu_schedule.padded_channels(64, unit) == 64
-        assert cpu_schedule.padded_channels(45, unit) == (45 if unit.lanes >= 5 else 48)  # 5 or 9 or 15 divides
-        assert cpu_schedule.padded_channels(3, unit) == 3  # a stem's colour channels: too few to matter
-    assert cpu_schedule.padded_channels(181, AVX512) == 192  # prime: a whole vector more, 6 %
-    assert cpu_schedule.padded_channels(362, AVX512) == 368
-    assert cpu_schedule.padded_channels(37, AVX512) == 40  # 48 would add 30 %: the next multiple of 4
-    assert cpu_schedule.padded_channels(37, NEON) == 40
+        assert pad(64, unit, 576) == 64
+        assert pad(45, unit, 576) == 48  # 15 of 16 lanes, 5 of 8, or no divisor of 4
+        assert pad(3, unit, 27) == 3  # a stem's colour channels: too few to matter
+    assert pad(181, AVX512, 16) == 192  # prime: a whole vector more, 6 %, however short the reduction
+    assert pad(362, AVX512, 576) == 368
+    assert pad(37, AVX512, 576) == 40  # 48 would add 30 %: the next multiple of 4
+    assert pad(37, NEON, 576) == 40
+    # Half a register (8 of 16 lanes): a whole one when that adds at most an eighth and the
+    # reduction is long enough to pay for the wider output.
+    assert [pad(c, AVX512, 9 * c) for c in (88, 184, 248, 72)] == [96, 192, 256, 80]
+    assert [pad(c, AVX512, 32) for c in (88, 184)] == [88, 184]  # a 1x1 from 32 channels: writes dominate
+    assert [pad(c, AVX512, 9 * c) for c in (24, 40, 56)] == [24, 40, 56]  # several half vectors
+    assert [pad(c, unit, 9 * c) for c in (88, 184) for unit in (AVX2, NEON)] == [88, 88, 184, 184]
 
 
 class AwkwardConvs(nn.Module):
@@ -158,7 +165,7 @@ def test_prime_widths_match_onnxruntime_computed_on_whole_vectors(tmp_path):
     unit = cpu_schedule.VectorUnit.of(target)
     convs = _fused_convs(model, target)
     assert len(convs) == 3
-    widths = sorted(int(w) for w in (cpu_schedule.padded_channels(181, unit), cpu_schedule.padded_channels(362, unit)))
+    widths = sorted(cpu_schedule.padded_channels(count, unit, 0) for count in (181, 362))
     assert widths[0] > 181
     scripts = [func.script() for func in convs]
     # Each conv computes the padded count, sliced back in its epilogue.

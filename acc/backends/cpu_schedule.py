@@ -7,7 +7,8 @@ channels is kept in registers while the reduction runs over (kh, kw, input chann
 loads the weight vectors once, broadcasts one input value per pixel and issues pixels x vectors
 FMAs. The epilogue (bias, activation, residual add) is computed on the tile as it is written.
 Depthwise convs pad inside their parallel loop; a dense conv whose output count no small vector
-divides is computed at a padded count (`pad_conv_channels`, a graph rewrite before fusion).
+divides, or only a vector narrower than a register, is computed at a padded count
+(`pad_conv_channels`, a graph rewrite before fusion).
 Everything else (padding, layout transposes, pooling, elementwise) runs in parallel over its
 outer loops with the innermost loop vectorised when the channel count allows. Dense layers and
 reductions use TVM's own CPU rules. A tuned schedule from a database always wins.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 # Raised whenever the kernels change: tuning databases measure the new default once more
 # (`tune.DEFAULT_SCHEDULE_VERSIONS`) instead of replaying the old one they hold.
-VERSION = 3
+VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -241,21 +242,36 @@ def _pack_weights(sch, conv, width: int) -> None:
         return
 
 
-def padded_channels(channels: int, unit: VectorUnit) -> int:
-    """The output channels a conv is computed with: `channels`, unless no divisor of it from 4 to
-    the vector length exists (181, 37: the kernel would need predicated vectors, measured 3-10x
-    slower than the next round count). Then a multiple of the vector length when that adds at
-    most an eighth, else of 4 (on AVX-512, 37 -> 40 rather than 48)."""
-    if channels < 4 or _divisor_vector(channels, unit):
-        return channels
+# A count whose vectors are narrower than a register is padded from this reduction length up
+# (KH * KW * input channels): 1x1 convs measured 1.11-1.15x faster padded at 128-480, a tie at 64,
+# 0.74-0.94x at 8-48, where writing the wider output costs more than the FMAs save.
+HALF_VECTOR_PAD_REDUCTION = 128
+
+
+def padded_channels(channels: int, unit: VectorUnit, reduction: int) -> int:
+    """The output channels a conv whose outputs each sum `reduction` products is computed with.
+
+    `channels`, unless its vectors would be narrower than a register. A count no size from 4 lanes
+    to a register divides (181, 37: predicated vectors, 3-10x slower) is always widened: to the
+    next multiple of the vector length when that adds at most an eighth, else of 4 (on AVX-512,
+    37 -> 40 rather than 48). A count of half vectors (88, 184, 248 on AVX-512: 8 of 16 lanes) is
+    widened to the next multiple of the vector length when that adds at most an eighth and the
+    reduction is long enough to pay for it (HALF_VECTOR_PAD_REDUCTION): 3x3 convs ran 1.25-1.4x
+    faster at 96, 192, 256. 24, 40 and 56 (a fifth or more to add) keep their several half
+    vectors (`conv_tile`); 40 -> 48 ran a 1x1 at 0.77x."""
     whole = -(-channels // unit.lanes) * unit.lanes
-    return whole if whole - channels <= channels / 8 else -(-channels // 4) * 4
+    if channels < 4 or whole == channels:
+        return channels
+    small_extra = whole - channels <= channels / 8
+    if not _divisor_vector(channels, unit):
+        return whole if small_extra else -(-channels // 4) * 4
+    return whole if small_extra and reduction >= HALF_VECTOR_PAD_REDUCTION else channels
 
 
 def pad_conv_channels(mod, target):
     """`mod` with each NHWC conv whose output channels `padded_channels` widens computed at the
     wider count (weights padded with zeros, folded at build time) and sliced back; the slice fuses
-    into the conv's epilogue, where predicated vectors had slowed every FMA of the conv 3-10x."""
+    into the conv's epilogue, where predicated or half-width vectors had slowed every FMA."""
     import numpy as np
     import tvm
     from tvm import relax
@@ -272,8 +288,8 @@ def pad_conv_channels(mod, target):
         if (a.data_layout, a.kernel_layout, a.out_layout, int(a.groups)) != ("NHWC", "HWIO", "NHWC", 1):
             return call
         weight = call.args[1].value.numpy()
-        channels = weight.shape[3]
-        wider = padded_channels(channels, unit)
+        kh, kw, per_group, channels = weight.shape
+        wider = padded_channels(channels, unit, kh * kw * per_group)
         if wider == channels:
             return call
         weight = np.pad(weight, [(0, 0)] * 3 + [(0, wider - channels)])
