@@ -34,14 +34,15 @@ from acc.passes.load import load_model
 from acc.prune import distributed
 from acc.prune.admm import TrainConfig, divergence_lines
 from acc.prune.cost import METRICS
+from acc.prune.latency_goal import meet_goal
 from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, choose_supervision, output_kinds
 from acc.prune.posttrain import CUT_RECOVERY_IMAGES
 from acc.prune.schedule import choose_admm, lr_for_rate
 from acc.prune.pipeline import PruneOptions, load_training_data, prune, resolve_input
 from acc.prune.rates import Rates, check_round_to, layer_schemes
 from acc.prune.scoring import RayCluster, ScorerInputs, candidate_layout, open_scoring
-from acc.prune.search import (Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, fit_budget, max_reduction,
-                              round_pass_cost, to_rates)
+from acc.prune.search import (Annealer, Guidance, OneShotScorer, SearchConfig, cost_model, default_order_by, fit_budget,
+                              max_reduction, round_pass_cost, to_rates)
 
 
 def parse_rate(text: str | float) -> float:
@@ -239,7 +240,7 @@ def _compile_model(model_path, data, out_dir, options: CompileOptions, log, reso
         # The test split is the same in every round: the last round's result is this one's input.
         known_test = (rounds[-1]["accuracy_after"].get("test") or {} if world.is_main else {}) if k > 1 else None
         record = _run_round(k, current, model_path, data, goal, options, round_dir, log, cluster, latency_for,
-                            known_test)
+                            known_test, timer.time_models if latency_for is not None else None)
         current = round_dir / "model.onnx"
         if not world.is_main:
             continue
@@ -319,7 +320,8 @@ def _latency_prediction(rounds: list[dict], options: CompileOptions, total: floa
 
 
 def _run_round(k, current: Path, original_path, data, goal, options: CompileOptions, round_dir: Path, log,
-               cluster: RayCluster | None = None, latency_for=None, known_test: dict | None = None) -> dict:
+               cluster: RayCluster | None = None, latency_for=None, known_test: dict | None = None,
+               time_models=None) -> dict:
     started = time.time()
     model = normalize(load_model(current), options.input_shapes)
     analysis = analyze(model)
@@ -350,6 +352,11 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     world = distributed.current()
     searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
                        cluster) if world.is_main else None
+    if searched is not None and latency is not None and time_models is not None:
+        # The prediction is a model: the chosen widths are timed whole and moved onto the goal.
+        guidance = Guidance(analysis, cost, options.search)  # unordered rescaling: the order is not used
+        chosen, searched[1]["latency_goal"] = meet_goal(analysis, cost, guidance, searched[0], goal, time_models, log)
+        searched = (chosen, searched[1])
     rates, search_trace = world.broadcast(searched)
     prune_options.rates = to_rates(cost, rates)
     result = prune(current, data, prune_options)
@@ -385,8 +392,8 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
     started = time.time()
     candidates = options.candidates or (cluster.capacity if cluster is not None else options.search.candidates)
     search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k, "candidates": candidates})
-    if options.metric == "latency" and search_cfg.order_by == "params":  # the experience rule follows the target
-        search_cfg = replace(search_cfg, order_by="latency")
+    if search_cfg.order_by is None:
+        search_cfg = replace(search_cfg, order_by=default_order_by(options.metric))
     if options.strategy == "uniform":
         rates = Guidance(analysis, cost, search_cfg).uniform(goal, options.metric)
         return rates, {"strategy": "uniform", "trace": [], "best_energy": None, "evaluated": 0, "config": asdict(search_cfg),

@@ -7,7 +7,9 @@ The shipped CIFAR-10 ResNet-20 (or --model) compiled with the same data, epochs 
 Each run's speed-up is acc's own measurement in report.json: the original and the result timed
 interleaved on the engine (`latency.speedup`). Accuracy on the CIFAR-10 test split (never chosen on).
 Per seed, the FLOPs runs' (speed-up, accuracy) points are interpolated linearly at the latency run's
-speed-up; the table gives mean and standard deviation over seeds.
+speed-up (when they do not bracket it, up to two more FLOPs rates are run, `bracketing_rates`); the
+table gives mean and standard deviation over seeds. With `--keep DIR` every run's folder stays, and
+a run whose folder already holds a report is read from it, not run again.
 
     python benchmarks/latency_metric.py                      # onnxruntime on the host, 2 CPU cores
     python benchmarks/latency_metric.py --target host        # untuned TVM on the host
@@ -16,6 +18,7 @@ speed-up; the table gives mean and standard deviation over seeds.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -42,19 +45,39 @@ QUESTION = ("At the same measured latency (speed-up over the original, timed int
 def run(model, data, metric, rate, seed, args, work) -> dict:
     """One acc compile (as `acc compile` runs it; SearchConfig to choose the latency run's experience rule)."""
     started = time.time()
-    out = work / f"{metric}_{rate:g}x_s{seed}"
+    by = args.order_by if metric == "latency" else "params"
+    out = work / (f"{metric}_{rate:g}x_s{seed}" + (f"_{by}" if metric == "latency" and by != "latency" else ""))
     search = SearchConfig(cooling=math.exp(math.log(20 / 100) / args.search_steps),
-                          order_by=args.order_by if metric == "latency" else "params")
+                          order_by=by)
     options = CompileOptions(rate=rate, metric=metric, rounds=1, budget_epochs=args.epochs, limit=args.limit,
                              test_limit=args.test_limit, seed=seed, progress=False, round_to=8, target=args.target,
                              search=search)
-    result = compile_model(model, data, out, options, log=lambda *a, **k: None)
-    r = result.report
+    kept = out / "report.json"
+    if args.keep and kept.is_file():  # a finished run of an earlier invocation (--keep): read, not re-run
+        r = json.loads(kept.read_text())
+        started -= r.get("seconds", 0.0)
+    else:
+        r = compile_model(model, data, out, options, log=lambda *a, **k: None).report
     lat = r["latency"]
     return {"metric": metric, "rate": rate, "seed": seed, "speedup": lat["speedup"], "before_ms": lat["before_ms"],
             "after_ms": lat["after_ms"], "accuracy": r["accuracy_after"]["test"]["accuracy"],
             "flops_reduction": r["flops"]["reduction"], "params_reduction": r["params"]["reduction_dense"],
             "predicted_ms": lat.get("predicted_ms"), "goal_ms": lat.get("goal_ms"), "seconds": time.time() - started}
+
+
+def bracketing_rates(points: list[dict], speedup: float, tried: set) -> list[float]:
+    """A FLOPs rate to run next when the runs so far do not bracket `speedup` (their speed-ups all
+    above or all below it): the nearest rate's excess over 1 scaled by the speed-ups' excess
+    (speed-up grows about linearly with the FLOPs cut at these rates), a little beyond."""
+    low, high = min(points, key=lambda p: p["speedup"]), max(points, key=lambda p: p["speedup"])
+    if speedup < low["speedup"]:
+        rate = 1 + (low["rate"] - 1) * 0.9 * (speedup - 1) / max(low["speedup"] - 1, 1e-6)
+    elif speedup > high["speedup"]:
+        rate = 1 + (high["rate"] - 1) * 1.1 * (speedup - 1) / max(high["speedup"] - 1, 1e-6)
+    else:
+        return []
+    rate = round(max(rate, 1.05), 2)
+    return [] if rate in tried else [rate]
 
 
 def at_speedup(points: list[dict], speedup: float) -> float | None:
@@ -92,6 +115,9 @@ def main(argv=None) -> int:
         for seed in seeds:
             lat_row = run(args.model, args.data, "latency", args.rate, seed, args, work)
             flops_rows = [run(args.model, args.data, "flops", f, seed, args, work) for f in flops_rates]
+            for _ in range(2):  # the FLOPs runs must bracket the latency run's measured speed-up
+                extra = bracketing_rates(flops_rows, lat_row["speedup"], {r["rate"] for r in flops_rows})
+                flops_rows += [run(args.model, args.data, "flops", f, seed, args, work) for f in extra]
             rows += [lat_row, *flops_rows]
             summary.append({"seed": seed, "speedup": lat_row["speedup"], "latency_accuracy": lat_row["accuracy"],
                             "flops_accuracy_at_speedup": at_speedup(flops_rows, lat_row["speedup"])})

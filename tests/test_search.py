@@ -17,7 +17,7 @@ from acc.passes.analysis import analyze
 from acc.passes.importer import import_model
 from acc.passes.summary import group_holdings
 from acc.prune.cost import CostModel
-from acc.prune.search import Annealer, Guidance, SearchConfig, max_reduction, mild_groups
+from acc.prune.search import Annealer, Guidance, SearchConfig, default_order_by, max_reduction, mild_groups
 
 from test_prune import tiny  # noqa: F401 - the tiny CNN fixture
 
@@ -69,6 +69,8 @@ def test_guidance_orders_by_parameters_or_flops(resnet, order_by, column):
     assert Guidance(analysis, cost, SearchConfig(order_by="flops")).group_order != Guidance(analysis, cost, SearchConfig()).group_order
     with pytest.raises(ValueError, match="order_by"):
         Guidance(analysis, cost, SearchConfig(order_by="latency"))
+    # no order named: the metric's own (the latency metric orders by measured milliseconds)
+    assert [default_order_by(m) for m in ("params", "flops", "nonzero", "latency")] == ["params"] * 3 + ["latency"]
 
 
 def test_first_conv_and_classifier_groups_stay_mild(resnet):

@@ -75,7 +75,8 @@ class SearchConfig:
     finetune_batch: int = 64
     finetune_lr: float = 0.01
     confirm_seeds: int = 2  # re-score the winner and the start this many more times
-    order_by: str = "params"  # what the experience rule sorts groups by: params, flops or latency (see Guidance)
+    order_by: str | None = None  # what the experience rule sorts groups by: params, flops or latency (see
+    # Guidance); None: the metric's default (default_order_by)
     candidates: int = 1  # proposals per move, scored as one batch (in parallel on Ray); the best is the move
     starts: tuple = ("uniform", "l1", "bn")  # start allocations scored; the lowest energy is the start
     round_to: int = 1  # kept channel counts are multiples of this (--round-to)
@@ -126,7 +127,7 @@ class Guidance:
         # parameters, a tie leaning to parameters, so parameters stay the default for every metric.
         # With order_by="latency" (the latency metric's default) a group's holding is the measured
         # milliseconds of the layers its channels feed or leave (acc.prune.latency_cost).
-        by = config.order_by
+        by = config.order_by or "params"
         if by not in ("params", "flops", "latency"):
             raise ValueError(f"order_by must be params, flops or latency, got {by!r}")
         if by == "latency" and cost.latency_model is None:
@@ -241,6 +242,12 @@ class Guidance:
             else:
                 hi = mid
         return with_factor(hi)
+
+
+def default_order_by(metric: str) -> str:
+    """The experience rule's order when the search config names none: by the measured milliseconds
+    a group holds under the latency metric, by parameters otherwise (see Guidance)."""
+    return "latency" if metric == "latency" else "params"
 
 
 def mild_groups(analysis: Analysis) -> set[str]:
