@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from acc import atomic
@@ -353,10 +354,7 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
     searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
                        cluster) if world.is_main else None
     if searched is not None and latency is not None and time_models is not None:
-        # The prediction is a model: the chosen widths are timed whole and moved onto the goal.
-        guidance = Guidance(analysis, cost, options.search)  # unordered rescaling: the order is not used
-        chosen, searched[1]["latency_goal"] = meet_goal(analysis, cost, guidance, searched[0], goal, time_models, log)
-        searched = (chosen, searched[1])
+        searched = _meet_latency_goal(analysis, cost, searched, goal, options, round_dir, time_models, log)
     rates, search_trace = world.broadcast(searched)
     prune_options.rates = to_rates(cost, rates)
     result = prune(current, data, prune_options)
@@ -386,6 +384,20 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
         "accuracy_after": r["accuracy_after"], "seconds": time.time() - started,
         "prune_seconds": r.get("seconds"),
     }
+
+
+def _meet_latency_goal(analysis, cost, searched, goal, options, round_dir: Path, time_models, log):
+    """The search's choice timed whole and moved onto the goal (acc.prune.latency_goal). Kept in the
+    round's state: a resumed round trains the widths it was training, not a new timing's."""
+    saved = round_dir / "latency_goal.json"
+    if options.resume and saved.is_file():
+        data = json.loads(saved.read_text())
+        rates, record = np.array(data["rates"], dtype=float), data["record"]
+    else:
+        guidance = Guidance(analysis, cost, options.search)  # unordered rescaling: the order is not used
+        rates, record = meet_goal(analysis, cost, guidance, searched[0], goal, time_models, log)
+        atomic.write_text(saved, json.dumps({"rates": [float(r) for r in rates], "record": record}, default=float))
+    return rates, {**searched[1], "latency_goal": record}
 
 
 def _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir, cluster=None):

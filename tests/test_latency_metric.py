@@ -114,6 +114,26 @@ def test_the_chosen_widths_are_timed_and_moved_onto_the_goal(analysis):
     assert len(record["tried"]) == 1 and np.array_equal(exact, chosen)
 
 
+def test_a_resumed_round_keeps_the_widths_it_timed(analysis, tmp_path):
+    from acc.autocompress import CompileOptions, _meet_latency_goal
+
+    lm = build_latency_model(analysis, lambda layers: [_macs(x.onnx_model()) * 1e-6 for x in layers],
+                             lambda models: [0.5e-6 * _macs(m) + 0.2 for m in models], log=lambda m: None)
+    cost = cost_model(analysis, "latency", 1, lm)
+    goal = cost.total("latency") / 1.4
+    chosen = Guidance(analysis, cost, SearchConfig()).rescale(np.full(cost.size, 0.3), goal, "latency")
+    first, trace = _meet_latency_goal(analysis, cost, (chosen, {"trace": []}), goal, CompileOptions(rate=1.4), tmp_path,
+                                      lambda models: [1.2 * (0.5e-6 * _macs(m) + 0.2) for m in models], lambda m: None)
+    assert trace["trace"] == [] and len(trace["latency_goal"]["tried"]) >= 1
+
+    def must_not_time(models):
+        raise AssertionError("a resumed round times nothing again")
+
+    again, record = _meet_latency_goal(analysis, cost, (chosen, {}), goal, CompileOptions(rate=1.4, resume=True), tmp_path,
+                                       must_not_time, lambda m: None)
+    assert np.array_equal(again, first) and record["latency_goal"] == trace["latency_goal"]
+
+
 def test_onnxruntime_layer_times_are_cached_and_reused(analysis, tmp_path):
     _, layers = plan_layers(analysis, round_to=8)
     lines: list[str] = []
