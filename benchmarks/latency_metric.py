@@ -77,6 +77,8 @@ def bracketing_rates(points: list[dict], speedup: float, tried: set) -> list[flo
     else:
         return []
     rate = round(max(rate, 1.05), 2)
+    while rate in tried and 1.05 < rate:  # run before and timing noise kept it outside: step further out
+        rate = round(max(1 + (rate - 1) * (0.8 if speedup < low["speedup"] else 1.25), 1.05), 2)
     return [] if rate in tried else [rate]
 
 
