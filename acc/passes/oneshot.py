@@ -50,15 +50,20 @@ def ratio_plan(analysis: Analysis, ratio: float, criterion: str = "l1", round_to
     from acc.prune.cost import kept_channels  # here: acc.prune.nonzero imports this module
 
     check_ratio(ratio)
+    return kept_plan(analysis, {g.name: kept_channels(g.width, len(g.prunable), ratio, round_to)
+                                for g in analysis.prunable_groups}, criterion)
+
+
+def kept_plan(analysis: Analysis, kept: dict[str, int], criterion: str = "l1") -> Plan:
+    """Each group named in `kept` keeps that many channels: its lowest-`criterion` prunable ones go."""
     keep = {}
     for name, norm in channel_norms(analysis, criterion).items():
         group = analysis.group(name)
-        prunable = group.prunable
-        n_remove = group.width - kept_channels(group.width, len(prunable), ratio, round_to)
+        n_remove = group.width - kept.get(name, group.width)
         if n_remove <= 0:
             continue
         # Stable order: ties broken by index, so the same model gives the same plan.
-        order = sorted(prunable, key=lambda j: (norm[j], j))
+        order = sorted(group.prunable, key=lambda j: (norm[j], j))
         removed = set(order[:n_remove])
         keep[name] = [j for j in range(group.width) if j not in removed]
     return Plan(keep)

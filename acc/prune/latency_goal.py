@@ -4,10 +4,11 @@ The latency model predicts a candidate from layers timed alone and a line fitted
 (acc.prune.latency_cost). On the non-uniform candidate a search chooses it was 3-12 % optimistic
 (ResNet-20 on TVM's host kernels): runs asked for 1.5x measured 1.38-1.40x. So before a round
 trains, the chosen widths are built and timed on the same engine (untrained: weights do not change
-the time), interleaved with the round's model at full width. When the time misses the goal by more than TOLERANCE, the candidate is rescaled onto
-the prediction that would measure the goal (its prediction x goal / measured) by scaling every
-group's kept fraction alike (`scale_kept`); at most CORRECTIONS times. The candidate
-kept is the least cut of those measured within the tolerance of the goal, else the fastest.
+the time), interleaved with the round's model at full width. When the time misses the goal by more
+than TOLERANCE, the candidate is rescaled onto the prediction that would measure the goal (its
+prediction x goal / measured) by scaling every group's kept fraction alike
+(`Guidance.rescale_kept`); at most CORRECTIONS times. The candidate kept is the least cut of those
+measured within the tolerance of the goal, else the fastest.
 """
 
 from __future__ import annotations
@@ -17,48 +18,12 @@ import time
 import numpy as np
 
 from acc.passes.analysis import Analysis
-from acc.passes.plan import Plan
+from acc.passes.oneshot import kept_plan
 from acc.passes.rewrite import rewrite
 from acc.prune.cost import CostModel
 
 TOLERANCE = 0.03  # about the spread of one timing of a small model on a quiet machine
 CORRECTIONS = 2
-
-
-def width_plan(analysis: Analysis, cost: CostModel, rates: np.ndarray) -> Plan:
-    """A plan that keeps the widths `rates` stand for (which channels is immaterial to the time):
-    a group's frozen channels, then its first prunable ones."""
-    keep = {}
-    for name, kept in zip(cost.names, cost.kept_counts(rates)):
-        group = analysis.group(name)
-        if kept >= group.width:
-            continue
-        prunable = set(group.prunable)
-        frozen = [j for j in range(group.width) if j not in prunable]
-        keep[name] = sorted(frozen + sorted(prunable)[:int(kept) - len(frozen)])
-    return Plan(keep)
-
-
-def scale_kept(cost: CostModel, caps: np.ndarray, rates: np.ndarray, target: float) -> np.ndarray:
-    """`rates` with every group's kept fraction scaled by one factor so the prediction meets
-    `target` (bisection). Scaling what is kept, not the rates: a correction of a few percent then
-    moves every group a little, where scaling the rates had pushed the hardest-cut groups to
-    bottlenecks (ResNet-20: a block's inner conv from 24 to 8 of 64 channels, trained to 48 %)."""
-    keep = 1.0 - np.asarray(rates, dtype=float)
-
-    def scaled(factor):
-        return np.clip(1.0 - keep * factor, 0.0, caps)
-
-    lo, hi = 0.0, 1.0 / max(float(keep.max()), 1e-6)  # hi: the least-cut group kept whole
-    if cost.measure(scaled(hi), "latency") <= target:
-        return scaled(hi)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if cost.measure(scaled(mid), "latency") > target:
-            hi = mid
-        else:
-            lo = mid
-    return scaled(lo)
 
 
 def meet_goal(analysis: Analysis, cost: CostModel, guidance, rates: np.ndarray, goal: float, time_models,
@@ -73,16 +38,17 @@ def meet_goal(analysis: Analysis, cost: CostModel, guidance, rates: np.ndarray, 
     for attempt in range(CORRECTIONS + 1):
         # Timed beside the model the round starts from, and read as a fraction of its table time:
         # the machine's drift since the table was timed cancels out.
-        whole, cut = time_models([analysis.model, rewrite(analysis, width_plan(analysis, cost, current))])
+        kept = [int(k) for k in cost.kept_counts(current)]  # which channels is immaterial to the time
+        whole, cut = time_models([analysis.model, rewrite(analysis, kept_plan(analysis, dict(zip(cost.names, kept))))])
         measured = cut / whole * cost.total("latency")
         predicted = cost.measure(current, "latency")
         tried.append({"rates": current, "target_ms": target, "predicted_ms": predicted, "measured_ms": measured,
-                      "timed_ms": [whole, cut], "kept": [int(k) for k in cost.kept_counts(current)]})
+                      "timed_ms": [whole, cut], "kept": kept})
         log(f"latency goal {goal:.3f} ms: the chosen widths predicted {predicted:.3f} ms, measured {measured:.3f} ms")
         if abs(measured - goal) <= TOLERANCE * goal or attempt == CORRECTIONS:
             break
         target = predicted * goal / measured  # the prediction that measures `goal`, if the miss scales
-        moved = scale_kept(cost, np.maximum(guidance.caps(), current), current, target)
+        moved = guidance.rescale_kept(current, target, "latency")
         if tuple(cost.kept_counts(moved)) == tuple(cost.kept_counts(current)):
             break  # the widths cannot move by less than a step of round_to
         current = moved
