@@ -20,6 +20,7 @@ from acc import __version__
 from acc.atomic import atomic_path, check_output_path, write_text
 from acc.backends import targets as targets_mod
 from acc.backends import toolchain
+from acc.backends.const_fold import fold_constants
 from acc.errors import InputError
 
 
@@ -166,17 +167,19 @@ def prepare(mod):
     elementwise ops that fuse into the conv's epilogue): one task per conv instead of two. Then
     convolutions in NHWC with HWIO weights (folded at build time): output channels are contiguous,
     which is what the CPU kernels vectorise (`cpu_schedule`); the graph's own layout is restored
-    where a layout-sensitive op (Flatten, the outputs) needs it."""
+    where a layout-sensitive op (Flatten, the outputs) needs it. Constant arithmetic is folded in
+    numpy first (acc.backends.const_fold): TVM's FoldConstant compiles every constant call."""
     import tvm
     from tvm import relax
 
+    numpy_fold = tvm.transform.module_pass(lambda m, _ctx: fold_constants(m), opt_level=0, name="NumpyFoldConstant")
     seq = [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-           relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant(),
+           relax.transform.CanonicalizeBindings(), numpy_fold, relax.transform.FoldConstant(),
            tvm.transform.module_pass(lambda m, _ctx: clips_as_relax_ops(m), opt_level=0, name="ClipsAsRelaxOps"),
            # conv2d_transpose stays NCHW: TVM legalises it in no other layout.
            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"],
                                           "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}),
-           relax.transform.FoldConstant()]
+           numpy_fold, relax.transform.FoldConstant()]
     return tvm.transform.Sequential(seq)(mod)
 
 
