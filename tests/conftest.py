@@ -31,9 +31,15 @@ def zoo_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
     """Models of models/ exported once: model_path('resnet20', dynamo=False)."""
+    import torch
+
     from models.export import build, export_onnx, randomize_batchnorm
+
+    def seeded(name):  # the weights must not depend on which tests ran first (torch's global generator)
+        torch.manual_seed(0)
+        return build(name)
 
     return _session_cache(
         tmp_path_factory.mktemp("models"),
-        lambda name, path, dynamo: export_onnx(randomize_batchnorm(build(name)), path, dynamo=dynamo),
+        lambda name, path, dynamo: export_onnx(randomize_batchnorm(seeded(name)), path, dynamo=dynamo),
     )

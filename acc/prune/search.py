@@ -100,6 +100,8 @@ class SearchState:
     start_kind: str = "uniform"  # which of SearchConfig.starts won
     start_energies: dict = field(default_factory=dict)  # start kind -> energy (None: out of reach)
     confirmation: dict = field(default_factory=dict)
+    settled: dict = field(default_factory=dict)  # the starts' timing when a `settle` moved them (latency)
+    target: float | None = None  # what moves are rescaled onto, when settling moved it off the goal
     done: bool = False
 
 
@@ -161,14 +163,8 @@ class Guidance:
         key = (float(target), metric)
         if key not in self._uniform:
             n = self.cost.size
-            lo, hi = 0.0, self.config.max_rate
-            for _ in range(50):
-                mid = (lo + hi) / 2
-                if self.cost.measure(np.full(n, mid), metric) > target:
-                    lo = mid
-                else:
-                    hi = mid
-            self._uniform[key] = hi
+            self._uniform[key] = bisect_feasible(lambda r: self.cost.measure(np.full(n, r), metric) <= target,
+                                                 0.0, self.config.max_rate, 50)
         return self._uniform[key]
 
     def uniform(self, target: float, metric: str) -> np.ndarray:
@@ -208,17 +204,29 @@ class Guidance:
         else:
             return self.uniform(target, metric)  # reachable (checked up front), just not from here
 
-        def measured(scale):
-            return self.cost.measure(np.minimum(rates * scale, caps), metric)
+        scale = bisect_feasible(lambda x: self.cost.measure(np.minimum(rates * x, caps), metric) <= target, 0.0, hi, 50)
+        return self._settle_columns(self._give_back(np.minimum(rates * scale, caps), target, metric), target, metric)
 
-        lo = 0.0
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            if measured(mid) > target:
-                lo = mid
-            else:
-                hi = mid
-        return self._settle_columns(np.minimum(rates * hi, caps), target, metric)
+    def _give_back(self, rates: np.ndarray, target: float, metric: str) -> np.ndarray:
+        """Whole widths move the count in steps (a step of --round-to 8 is half a 16-channel
+        group), so the smallest scale that meets the target can pass it by a fifth when several
+        groups share a rate and step together. Give a step back to each group that can take one
+        and still meet the target, the groups holding least first (the experience rule's order)."""
+        out = np.array(rates, dtype=float)
+        widths, step = self.cost.widths, max(self.cost.round_to, 1)
+        for _ in range(4):
+            moved = False
+            for gi in self.group_order:
+                kept = int(self.cost.kept_counts(out)[gi])
+                if kept >= widths[gi]:
+                    continue
+                trial = out.copy()
+                trial[gi] = max(0.0, 1.0 - min(kept + step, widths[gi]) / widths[gi])
+                if self.cost.kept_counts(trial)[gi] > kept and self.cost.measure(trial, metric) <= target:
+                    out, moved = trial, True
+            if not moved:
+                break
+        return out
 
     def rescale_kept(self, rates: np.ndarray, target: float, metric: str) -> np.ndarray:
         """`rates` with every group's kept fraction scaled by one factor so the model's `metric`
@@ -232,16 +240,10 @@ class Guidance:
         def scaled(factor):
             return np.clip(1.0 - keep * factor, 0.0, caps)
 
-        lo, hi = 0.0, 1.0 / max(float(keep.max()), 1e-6)  # hi: the least-cut group kept whole
-        if self.cost.measure(scaled(hi), metric) <= target:
-            return scaled(hi)
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if self.cost.measure(scaled(mid), metric) > target:
-                hi = mid
-            else:
-                lo = mid
-        return scaled(lo)
+        whole = 1.0 / max(float(keep.max()), 1e-6)  # the least-cut group kept whole
+        if self.cost.measure(scaled(whole), metric) <= target:
+            return scaled(whole)
+        return scaled(bisect_feasible(lambda f: self.cost.measure(scaled(f), metric) <= target, whole, 0.0, 40))
 
     def _settle_columns(self, rates: np.ndarray, target: float, metric: str) -> np.ndarray:
         """Filter rates move the count in whole channels and can overshoot the target; column rates
@@ -255,16 +257,23 @@ class Guidance:
             out[g:] *= f
             return out
 
-        lo, hi = 0.0, 1.0  # measure(with_factor(hi)) <= target holds at 1
-        if self.cost.measure(with_factor(lo), metric) <= target:
-            return with_factor(lo)
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if self.cost.measure(with_factor(mid), metric) > target:
-                lo = mid
-            else:
-                hi = mid
-        return with_factor(hi)
+        if self.cost.measure(with_factor(0.0), metric) <= target:
+            return with_factor(0.0)
+        # measure(with_factor(1)) <= target holds
+        return with_factor(bisect_feasible(lambda f: self.cost.measure(with_factor(f), metric) <= target, 0.0, 1.0, 40))
+
+
+def bisect_feasible(feasible, infeasible_end: float, feasible_end: float, steps: int) -> float:
+    """The point nearest `infeasible_end` found feasible, by bisection between an end where the
+    monotone `feasible` fails and one where it holds."""
+    bad, good = infeasible_end, feasible_end
+    for _ in range(steps):
+        mid = (bad + good) / 2
+        if feasible(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 def default_order_by(metric: str) -> str:
@@ -558,7 +567,11 @@ class OneShotScorer:
 
 class Annealer:
     def __init__(self, guidance: Guidance, scorer, target: float, metric: str, config: SearchConfig,
-                 checkpoint: str | os.PathLike | None = None, progress=None):
+                 checkpoint: str | os.PathLike | None = None, progress=None, settle=None):
+        """`settle(starts) -> (starts, targets, record)`: moves the starts before they are scored
+        (acc.prune.latency_goal.settle_starts: onto the goal as measured); the winner's target is
+        then the one its moves are rescaled onto."""
+        self.settle = settle
         self.guidance = guidance
         self.scorer = scorer
         self.target = target
@@ -613,7 +626,8 @@ class Annealer:
     def propose(self, rates: np.ndarray) -> np.ndarray:
         sigma = self.config.perturbation * self.state.temperature / self.config.t_start
         noisy = np.clip(rates + self.rng.normal(0.0, sigma, size=rates.shape), 0.0, self.config.max_rate)
-        return self.guidance.rescale(noisy, self.target, self.metric, ordered=self.state.start_kind == "uniform")
+        target = self.target if self.state.target is None else self.state.target
+        return self.guidance.rescale(noisy, target, self.metric, ordered=self.state.start_kind == "uniform")
 
     def accept(self, delta: float) -> bool:
         if delta <= 0:
@@ -626,9 +640,13 @@ class Annealer:
         reachable = [kind for kind, rates in starts.items() if rates is not None]
         if not reachable:  # no start named that reaches the target: uniform rates always do
             starts, reachable = {"uniform": self.guidance.uniform(self.target, self.metric)}, ["uniform"]
+        targets = {}
+        if self.settle is not None:
+            starts, targets, self.state.settled = self.settle(starts)
         energies = self.score_batch([starts[kind] for kind in reachable])
         self.state.start_energies = {kind: None for kind in starts} | dict(zip(reachable, energies))
         kind = reachable[int(np.argmin(energies))]
+        self.state.target = targets.get(kind)
         return kind, starts[kind]
 
     def _confirm(self) -> None:
