@@ -19,6 +19,7 @@ import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from acc.passes.load import load_model
 from acc.prune import distributed
 from acc.prune.admm import TrainConfig, divergence_lines
 from acc.prune.cost import METRICS
-from acc.prune.latency_goal import meet_goal
+from acc.prune.latency_goal import meet_goal, settle_starts
 from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, choose_supervision, output_kinds
 from acc.prune.posttrain import CUT_RECOVERY_IMAGES
 from acc.prune.schedule import choose_admm, lr_for_rate
@@ -352,7 +353,7 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
                                  recover_cut=options.recover_cut, test_before=known_test)
     world = distributed.current()
     searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
-                       cluster) if world.is_main else None
+                       cluster, time_models if latency is not None else None, log) if world.is_main else None
     if searched is not None and latency is not None and time_models is not None:
         searched = _meet_latency_goal(analysis, cost, searched, goal, options, round_dir, time_models, log)
     rates, search_trace = world.broadcast(searched)
@@ -400,7 +401,8 @@ def _meet_latency_goal(analysis, cost, searched, goal, options, round_dir: Path,
     return rates, {**searched[1], "latency_goal": record}
 
 
-def _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir, cluster=None):
+def _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir, cluster=None,
+            time_models=None, log=print):
     started = time.time()
     candidates = options.candidates or (cluster.capacity if cluster is not None else options.search.candidates)
     search_cfg = SearchConfig(**{**asdict(options.search), "seed": options.seed * 1000 + k, "candidates": candidates})
@@ -419,8 +421,11 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
     setup_seconds = time.time() - started
     try:
         guidance = Guidance(analysis, cost, search_cfg)
+        timed = options.metric == "latency" and cost.latency_model is not None and time_models is not None
+        settle = partial(settle_starts, analysis, cost, guidance, goal=goal, time_models=time_models,
+                         log=log) if timed else None
         annealer = Annealer(guidance, scoring, goal, options.metric, search_cfg, checkpoint=round_dir / "search.json",
-                            progress=_SearchProgress(options.progress, k, options.rounds))
+                            progress=_SearchProgress(options.progress, k, options.rounds), settle=settle)
         if options.resume:
             annealer.resume()
         best = annealer.run()
@@ -428,7 +433,8 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
         scoring.close()
     trace = {"trace": annealer.state.trace, "best_energy": annealer.state.best_energy,
              "evaluated": len(annealer.state.cache), "confirmation": annealer.state.confirmation,
-             "start": {"chosen": annealer.state.start_kind, "energies": annealer.state.start_energies},
+             "start": {"chosen": annealer.state.start_kind, "energies": annealer.state.start_energies,
+                       "settled": annealer.state.settled},
              "budget": inputs.budget,
              "config": asdict(search_cfg), "scoring": scoring.describe(),
              "seconds": time.time() - started, "setup_seconds": setup_seconds}

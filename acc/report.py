@@ -258,6 +258,10 @@ def _search_line(s: dict) -> str:
     if len(starts) > 1:
         text += "; starts: " + ", ".join(f"{named.get(k, k)} {'out of reach' if e is None else f'{e:.0f}'}"
                                          for k, e in starts.items()) + f" (started from {named.get(chosen, chosen)})"
+    settled = ((s.get("start") or {}).get("settled") or {}).get("starts") or {}
+    if settled:
+        text += ("; starts timed whole before scoring and moved onto the goal (measured/predicted: "
+                 + ", ".join(f"{named.get(k, k)} {v['measured_ms'] / v['predicted_ms']:.2f}" for k, v in settled.items()) + ")")
     text += f"; energy of the start {start:.0f}, of the best {s['best_energy']:.0f}"
     c = s.get("confirmation") or {}
     if c:

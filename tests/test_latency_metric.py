@@ -16,8 +16,8 @@ from acc.passes.analysis import analyze
 from acc.passes.counting import count
 from acc.passes.importer import import_model
 from acc.prune.latency_cost import build_latency_model, plan_layers
-from acc.prune.latency_goal import meet_goal
-from acc.prune.search import Guidance, SearchConfig, cost_model, max_reduction
+from acc.prune.latency_goal import meet_goal, settle_starts
+from acc.prune.search import Annealer, Guidance, SearchConfig, cost_model, max_reduction
 
 from test_prune import DEMO, tiny  # noqa: F401 - the tiny CNN fixture (widths 16, 32, 32)
 from test_search import DEMO as DEMO_DIR
@@ -114,6 +114,64 @@ def test_the_chosen_widths_are_timed_and_moved_onto_the_goal(analysis):
     assert len(record["tried"]) == 1 and np.array_equal(exact, chosen)
 
 
+def _synthetic_cost(analysis):
+    lm = build_latency_model(analysis, lambda layers: [_macs(x.onnx_model()) * 1e-6 for x in layers],
+                             lambda models: [0.5e-6 * _macs(m) + 0.2 for m in models], log=lambda m: None)
+    return cost_model(analysis, "latency", 1, lm)
+
+
+def test_starts_are_timed_and_settled_onto_the_goal_before_they_are_scored(analysis):
+    # An engine that agrees with the table on uniform cuts (what its line is fitted on) and runs an
+    # uneven cut 12 % slower: the uneven start is cut further until it would measure the goal, the
+    # uniform one stays, and all are timed in one run beside the model at full width.
+    cost = _synthetic_cost(analysis)
+    guidance = Guidance(analysis, cost, SearchConfig())
+    goal = cost.total("latency") / 1.4
+    starts = {"uniform": guidance.uniform(goal, "latency"),
+              "uneven": guidance.rescale(np.linspace(0.1, 0.7, cost.size), goal, "latency", ordered=False),
+              "unreachable": None}
+    even = {cost.total("latency"), cost.measure(starts["uniform"], "latency")}
+    calls = []
+
+    def engine(models):
+        calls.append(len(models))
+        exact = [0.5e-6 * _macs(m) + 0.2 for m in models]
+        return [ms if any(abs(ms - e) < 1e-9 for e in even) else 1.12 * ms for ms in exact]
+
+    settled, targets, record = settle_starts(analysis, cost, guidance, starts, goal, engine, log=lambda m: None)
+    assert calls == [3] and settled["unreachable"] is None and set(targets) == {"uniform", "uneven"}
+    assert list(cost.kept_counts(settled["uniform"])) == list(cost.kept_counts(starts["uniform"]))
+    assert targets["uniform"] <= goal
+    uneven = record["starts"]["uneven"]
+    assert uneven["measured_ms"] == pytest.approx(1.12 * uneven["predicted_ms"], rel=1e-6)
+    assert targets["uneven"] == pytest.approx(cost.measure(settled["uneven"], "latency"))
+    assert goal * 0.9 < 1.12 * targets["uneven"] <= goal * (1 + 1e-9)  # what the engine would measure
+    # the annealing rescales its moves onto the target of the start that won
+    energies = {"uniform": 2.0, "l1": 1.0}
+
+    class ByStart:
+        def keep_counts(self, rates):
+            return tuple(int(k) for k in cost.kept_counts(rates))
+
+        def energy(self, rates, seed_offset=0):
+            for name, start in annealer.state.settled["starts"].items():
+                if tuple(start["settled_kept"]) == self.keep_counts(rates):
+                    return energies[name]
+            return 3.0
+
+    config = SearchConfig(t_start=10, t_end=5, cooling=0.5, starts=("uniform", "l1"), seed=1)
+    guided = Guidance(analysis, cost, config)
+    annealer = Annealer(guided, ByStart(), goal, "latency", config,
+                        settle=lambda s: settle_starts(analysis, cost, guided, s, goal, engine, log=lambda m: None))
+    annealer.run()
+    won = annealer.state.settled["starts"]["l1"]
+    assert annealer.state.start_kind == "l1" and annealer.state.target == pytest.approx(won["target_ms"])
+    if won["measured_ms"] > goal * 1.03:  # an uneven start, moved: its moves aim below the goal
+        assert won["target_ms"] < goal
+    move = annealer.propose(np.array(annealer.state.current))
+    assert cost.measure(move, "latency") <= won["target_ms"] * (1 + 1e-9)
+
+
 def test_a_resumed_round_keeps_the_widths_it_timed(analysis, tmp_path):
     from acc.autocompress import CompileOptions, _meet_latency_goal
 
@@ -176,6 +234,11 @@ def test_compile_reaches_a_latency_goal_on_the_host(tiny, tmp_path, capsys):  # 
     chosen = goal["tried"][goal["chosen"]]
     assert goal["goal_ms"] == pytest.approx(lat["goal_ms"]) and all(t["measured_ms"] > 0 for t in goal["tried"])
     assert lat["predicted_ms"] == pytest.approx(chosen["predicted_ms"])
+    # ... and the starts before they were scored, in one run beside the original
+    settled = report["search"][0]["start"]["settled"]
+    assert settled["starts"] and all(v["measured_ms"] > 0 for v in settled["starts"].values())
+    assert len(settled["timed_ms"]) == 1 + len({tuple(v["kept"]) for v in settled["starts"].values()})
+    assert "starts timed whole before scoring" in (out / "report.md").read_text()
     assert chosen["measured_ms"] <= goal["goal_ms"] * (1 + goal["tolerance"]) or \
         chosen["measured_ms"] == min(t["measured_ms"] for t in goal["tried"])
     assert lat["table"]["round_to"] == 8 and lat["table"]["layers"] == 4 and lat["table"]["engine"] == "tvm"
