@@ -69,7 +69,9 @@ def test_latency_table_timed_on_the_device(device, tmp_path):
     from acc.passes.importer import import_model
     from acc.prune.latency_cost import build_latency_model
 
-    analysis = analyze(import_model(export(TinyCNN(), tmp_path / "tiny.onnx")))
+    # width 32: a 25 % cut predicted at 0.12 of the full model's time (0.28 at width 8, where
+    # per-call overhead weighs more): the ordering asserted below holds on a busy machine too
+    analysis = analyze(import_model(export(TinyCNN(width=32), tmp_path / "tiny.onnx")))
     spec = targets.resolve("arm64")
     timer = layer_latency.TvmTimer(spec, session=rpc.connect(device.address), device=f"rpc {device.address}",
                                    cc=spec.cc, cache_dir=tmp_path / "cache", rounds=2, min_repeat_ms=0,
