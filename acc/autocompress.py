@@ -353,7 +353,7 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
                                  recover_cut=options.recover_cut, test_before=known_test)
     world = distributed.current()
     searched = _search(k, model, analysis, cost, current, data, goal, options, prune_options, round_dir,
-                       cluster, time_models if latency is not None else None, log) if world.is_main else None
+                       cluster, time_models, log) if world.is_main else None
     if searched is not None and latency is not None and time_models is not None:
         searched = _meet_latency_goal(analysis, cost, searched, goal, options, round_dir, time_models, log)
     rates, search_trace = world.broadcast(searched)
@@ -421,9 +421,9 @@ def _search(k, model, analysis, cost, current, data, goal, options, prune_option
     setup_seconds = time.time() - started
     try:
         guidance = Guidance(analysis, cost, search_cfg)
-        timed = options.metric == "latency" and cost.latency_model is not None and time_models is not None
+        # the latency metric's starts are timed whole before they are scored (latency_goal.settle_starts)
         settle = partial(settle_starts, analysis, cost, guidance, goal=goal, time_models=time_models,
-                         log=log) if timed else None
+                         log=log) if cost.latency_model is not None and time_models is not None else None
         annealer = Annealer(guidance, scoring, goal, options.metric, search_cfg, checkpoint=round_dir / "search.json",
                             progress=_SearchProgress(options.progress, k, options.rounds), settle=settle)
         if options.resume:

@@ -26,6 +26,16 @@ TOLERANCE = 0.03  # about the spread of one timing of a small model on a quiet m
 CORRECTIONS = 2
 
 
+def time_widths(analysis: Analysis, cost: CostModel, widths: list[tuple], time_models) -> tuple[list[float], list[float]]:
+    """Models keeping each tuple of per-group widths (which channels is immaterial to the time),
+    timed in one run beside the round's model at full width and read as fractions of its table
+    time (the machine's drift since the table cancels). Returns the measured ms per widths and the
+    raw timings (full width first)."""
+    timed = time_models([analysis.model] + [rewrite(analysis, kept_plan(analysis, dict(zip(cost.names, w))))
+                                            for w in widths])
+    return [ms / timed[0] * cost.total("latency") for ms in timed[1:]], timed
+
+
 def meet_goal(analysis: Analysis, cost: CostModel, guidance, rates: np.ndarray, goal: float, time_models,
               log=print) -> tuple[np.ndarray, dict]:
     """`rates` (the search's choice) moved so that the built model's measured milliseconds meet
@@ -36,14 +46,11 @@ def meet_goal(analysis: Analysis, cost: CostModel, guidance, rates: np.ndarray, 
     target = goal
     current = np.asarray(rates, dtype=float)
     for attempt in range(CORRECTIONS + 1):
-        # Timed beside the model the round starts from, and read as a fraction of its table time:
-        # the machine's drift since the table was timed cancels out.
-        kept = [int(k) for k in cost.kept_counts(current)]  # which channels is immaterial to the time
-        whole, cut = time_models([analysis.model, rewrite(analysis, kept_plan(analysis, dict(zip(cost.names, kept))))])
-        measured = cut / whole * cost.total("latency")
+        kept = [int(k) for k in cost.kept_counts(current)]
+        (measured,), timed = time_widths(analysis, cost, [tuple(kept)], time_models)
         predicted = cost.measure(current, "latency")
         tried.append({"rates": current, "target_ms": target, "predicted_ms": predicted, "measured_ms": measured,
-                      "timed_ms": [whole, cut], "kept": kept})
+                      "timed_ms": timed, "kept": kept})
         log(f"latency goal {goal:.3f} ms: the chosen widths predicted {predicted:.3f} ms, measured {measured:.3f} ms")
         if abs(measured - goal) <= TOLERANCE * goal or attempt == CORRECTIONS:
             break
@@ -76,12 +83,11 @@ def settle_starts(analysis: Analysis, cost: CostModel, guidance, starts: dict, g
     names = [name for name, rates in starts.items() if rates is not None]
     kept = {name: tuple(int(k) for k in cost.kept_counts(starts[name])) for name in names}
     distinct = list(dict.fromkeys(kept.values()))
-    timed = time_models([analysis.model] + [rewrite(analysis, kept_plan(analysis, dict(zip(cost.names, k))))
-                                            for k in distinct])
-    whole, cut = timed[0], dict(zip(distinct, timed[1:]))
+    measured_ms, timed = time_widths(analysis, cost, distinct, time_models)
+    measured_of = dict(zip(distinct, measured_ms))
     settled, targets, record = dict(starts), {}, {"goal_ms": goal, "timed_ms": timed, "starts": {}}
     for name in names:
-        measured = cut[kept[name]] / whole * cost.total("latency")
+        measured = measured_of[kept[name]]
         predicted = cost.measure(starts[name], "latency")
         if abs(measured - goal) > TOLERANCE * goal:
             settled[name] = guidance.rescale_kept(starts[name], predicted * goal / measured, "latency")
