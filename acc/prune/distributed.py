@@ -126,9 +126,22 @@ def current() -> World:
     return _WORLD if _WORLD is not None else World()
 
 
+TEARDOWN_WAIT = timedelta(seconds=30)
+
+
 def _teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group together: a gloo rank that destroyed its group while its peer's
+    background thread still talked to it died with SIGABRT at exit ("terminate called without an
+    active exception", once in a CI run). The barrier is bounded, so a rank whose peer is gone
+    still exits."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=TEARDOWN_WAIT)
+        except Exception:  # noqa: BLE001 - a peer that already failed or left: nothing to wait for
+            pass
+    dist.destroy_process_group()
 
 
 def shard_steps(count: int, batch_size: int, world_size: int) -> int:
