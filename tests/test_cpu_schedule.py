@@ -25,19 +25,31 @@ def _fits(tile, unit, limit):
     return tile.accumulators <= limit and tile.accumulators + registers + 1 <= unit.registers
 
 
-def test_round_counts_fill_sixteen_accumulators():
+def test_whole_register_counts_get_the_tile_with_most_fmas_per_load():
     T = cpu_schedule.ConvTile
-    assert cpu_schedule.conv_tile(64, 56, AVX512, 56, 576) == T(16, 2, 8, 1)
-    assert cpu_schedule.conv_tile(16, 32, AVX512, 32, 144) == T(16, 1, 8, 2)  # one vector: two rows
+    # 48 channels (3 vectors) at 32x32: 3 vectors x a 2x4 patch, 24 accumulators, 11 loads per 24 FMAs.
+    assert cpu_schedule.conv_tile(48, 32, AVX512, 32, 432) == T(16, 3, 2, 4)
+    assert cpu_schedule.conv_tile(64, 56, AVX512, 56, 576) == T(16, 4, 2, 2)
+    # 128 channels of a 3x3 from 128: four vectors' packed weights (295 KB) leave the L2 share.
+    assert cpu_schedule.conv_tile(128, 16, AVX512, 16, 1152) == T(16, 2, 2, 4)
+    # 256 from 256: one vector would be load-bound, so two may take twice the share.
+    assert cpu_schedule.conv_tile(256, 8, AVX512, 8, 2304) == T(16, 2, 2, 4)
+    # 11 vectors (176 channels): no divisor but one; 16 pixels.
+    assert cpu_schedule.conv_tile(176, 8, AVX512, 8, 1584).accumulators == 16
+    # A 512-channel layer on a 4x4 or 2x2 map: one vector over the whole map, each weight read once.
+    assert cpu_schedule.conv_tile(512, 4, AVX512, 4, 4608) == T(16, 1, 4, 4)
+    assert cpu_schedule.conv_tile(352, 4, AVX512, 4, 3168) == T(16, 1, 4, 4)
+    assert cpu_schedule.conv_tile(512, 2, AVX512, 2, 4608) == T(16, 1, 2, 2)
+    assert cpu_schedule.conv_tile(64, 28, AVX512, 28, 576).pixels in (1, 2, 4, 7)  # divisors of the row only
+    # Depthwise, half vectors and 16-register units keep the row-first rule.
+    assert cpu_schedule.conv_tile(64, 56, AVX512, 56, 9, depthwise=True) == T(16, 2, 8, 1)
+    assert cpu_schedule.conv_tile(16, 32, AVX2, 32, 144) == T(8, 1, 8, 1)
     # 8 divides 24, 16 does not: all three half-width vectors at once, four pixels
     assert cpu_schedule.conv_tile(24, 32, AVX512, 32, 9) == T(8, 3, 4, 1)
     assert cpu_schedule.conv_tile(40, 16, AVX512, 16, 144) == T(8, 5, 2, 1)
     assert cpu_schedule.conv_tile(24, 7, AVX512, 7, 9) == T(8, 1, 7, 1)  # no two pixels divide the row
-    assert cpu_schedule.conv_tile(64, 28, AVX512, 28, 576).pixels == 7  # the largest divisor of the row up to 8
-    # A 512-channel layer on a 4x4 map: one vector (its packed weights stay in L2), all four rows.
-    assert cpu_schedule.conv_tile(512, 4, AVX512, 4, 4608) == T(16, 1, 4, 4)
-    for unit, limit in ((AVX512, 16), (AVX2, 12), (NEON, 16)):
-        for channels, width, height, reduction in ((64, 32, 32, 576), (512, 2, 2, 4608), (96, 7, 7, 9)):
+    for unit, limit in ((AVX512, 24), (AVX2, 12), (NEON, 24)):
+        for channels, width, height, reduction in ((64, 32, 32, 576), (512, 2, 2, 4608), (96, 7, 7, 9), (48, 32, 32, 432)):
             assert _fits(cpu_schedule.conv_tile(channels, width, unit, height, reduction), unit, limit)
 
 
