@@ -268,3 +268,41 @@ def test_tuning_measures_the_default_schedule_first(tmp_path, monkeypatch):
     assert (newer.defaults, newer.reused) == (1, 1), lines
     assert tune.tune(mod, spec, trials_per_task=0, db_root=tmp_path / "db", log=lines.append).defaults == 0
 
+
+
+class ClassifierHead(nn.Module):
+    """Gemm layers after a conv: 48 -> 40 (ReLU fused into the tile), 40 -> 10 (no vector divides 10)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(48, 40)
+        self.fc2 = nn.Linear(40, 10)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_one_row_dense_layers_get_the_vector_kernel_and_match_onnxruntime(tmp_path):
+    from tvm import relax
+
+    target = targets.resolve("host", None).tvm_target()
+    model = export(ClassifierHead(), tmp_path / "head.onnx", shape=(1, 3, 8, 8))
+    onnx_model = compile_mod.load_onnx(model)
+    mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
+    fused = compile_mod.fuse(mod, target)
+    matmuls = {g.name_hint: f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "matmul" in g.name_hint}
+    assert len(matmuls) == 2
+    scheduled = {name: cpu_schedule.schedule_func(f, target, convs_only=True) for name, f in matmuls.items()}
+    ours = [name for name, sch in scheduled.items() if sch is not None]
+    assert len(ours) == 1  # 40 outputs: vectors of 8 (AVX-512, AVX2) or 4 (NEON); 10: left to TVM's rules
+    script = scheduled[ours[0]].mod["main"].script()
+    assert "T.parallel" in script and "T.vectorized" in script
+    _check(model, (1, 3, 8, 8), tmp_path)
+    # Two rows are not a one-row dense: TVM's rules keep them.
+    model2 = export(ClassifierHead(), tmp_path / "head2.onnx", shape=(2, 3, 8, 8))
+    onnx2 = compile_mod.load_onnx(model2)
+    fused2 = compile_mod.fuse(compile_mod.prepare(compile_mod.import_onnx(onnx2, compile_mod.graph_inputs(onnx2, {}))), target)
+    assert all(cpu_schedule.schedule_func(f, target, convs_only=True) is None
+               for g, f in fused2.functions_items() if not isinstance(f, relax.Function) and "matmul" in g.name_hint)
