@@ -41,8 +41,11 @@ def test_whole_register_counts_get_the_tile_with_most_fmas_per_load():
     assert cpu_schedule.conv_tile(352, 4, AVX512, 4, 3168) == T(16, 1, 4, 4)
     assert cpu_schedule.conv_tile(512, 2, AVX512, 2, 4608) == T(16, 1, 2, 2)
     assert cpu_schedule.conv_tile(64, 28, AVX512, 28, 576).pixels in (1, 2, 4, 7)  # divisors of the row only
-    # Depthwise, half vectors and 16-register units keep the row-first rule.
-    assert cpu_schedule.conv_tile(64, 56, AVX512, 56, 9, depthwise=True) == T(16, 2, 8, 1)
+    # Depthwise: a 2x2 patch times up to 5 vectors that divide the channels (25 vectors: 5).
+    assert cpu_schedule.conv_tile(64, 56, AVX512, 56, 9, depthwise=True) == T(16, 4, 2, 2)
+    assert cpu_schedule.conv_tile(400, 8, AVX512, 8, 9, depthwise=True) == T(16, 5, 2, 2)
+    assert cpu_schedule.conv_tile(96, 32, AVX512, 32, 9, depthwise=True) == T(16, 3, 2, 2)
+    # Half vectors and 16-register units keep the row-first rule.
     assert cpu_schedule.conv_tile(16, 32, AVX2, 32, 144) == T(8, 1, 8, 1)
     # 8 divides 24, 16 does not: all three half-width vectors at once, four pixels
     assert cpu_schedule.conv_tile(24, 32, AVX512, 32, 9) == T(8, 3, 4, 1)
