@@ -32,8 +32,9 @@ def test_whole_register_counts_get_the_tile_with_most_fmas_per_load():
     assert cpu_schedule.conv_tile(64, 56, AVX512, 56, 576) == T(16, 4, 2, 2)
     # 128 channels of a 3x3 from 128: four vectors' packed weights (295 KB) leave the L2 share.
     assert cpu_schedule.conv_tile(128, 16, AVX512, 16, 1152) == T(16, 2, 2, 4)
-    # 256 from 256: one vector would be load-bound, so two may take twice the share.
+    # 256 from 256, 512 at 7x7: one vector would be load-bound, so two may take more of L2.
     assert cpu_schedule.conv_tile(256, 8, AVX512, 8, 2304) == T(16, 2, 2, 4)
+    assert cpu_schedule.conv_tile(512, 7, AVX512, 7, 4608) == T(16, 2, 1, 7)
     # 11 vectors (176 channels): no divisor but one; 16 pixels.
     assert cpu_schedule.conv_tile(176, 8, AVX512, 8, 1584).accumulators == 16
     # A 512-channel layer on a 4x4 or 2x2 map: one vector over the whole map, each weight read once.

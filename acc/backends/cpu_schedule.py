@@ -81,12 +81,13 @@ def _blocked_tile(channels: int, width: int, height: int, reduction: int, unit: 
     vectors x pixels FMAs: the tile that does most FMAs per load (vectors x P / (vectors + P), P
     the pixels of rows x columns) wins, then more accumulators, then the squarer patch (a 2x4 patch
     of a 3x3 conv reads 24 inputs for 8 outputs, a row of 8 reads 30). The tile's packed weights
-    stay within an L2 share (WEIGHT_TILE_BYTES), except that a single vector (17 loads per 16
-    FMAs) may take two at twice that. Where two vectors' weights overflow it and the whole map
-    fits one tile (512 channels at 4x4), one vector covers the whole map: every weight is read
-    once. Measured per conv against the 16-accumulator rule: 48->48 at 32x32 1.22x, 96->96 at
-    16x16 1.12x, 256->256 at 8x8 1.09x, 64->64 at 8x8 1.25x, never more than 3 % behind the best
-    of ~20 tiles except 64->128 at 16x16 (6 %)."""
+    stay within an L2 share (WEIGHT_TILE_BYTES), except that where one vector would be all that
+    fits (load-bound: 8 loads per 7 FMAs at 7 pixels) two may take up to four shares (256 channels
+    at 8x8, 512 at 7x7). Where two vectors' weights overflow a share and the whole map fits one
+    tile (512 channels at 4x4), one vector covers the whole map: every weight is read once.
+    Measured per conv against the 16-accumulator rule: 48->48 at 32x32 1.22x, 96->96 at 16x16
+    1.12x, 256->256 at 8x8 1.09x, 64->64 at 8x8 1.25x, never more than 3 % behind the best of ~20
+    tiles except 64->128 at 16x16 (6 %); ImageNet ResNet-18's 64@56, 128@28, 256@14, 512@7 1.05-1.2x."""
     total = channels // unit.lanes
     bytes_per_vector = reduction * unit.lanes * 4
 
@@ -98,9 +99,9 @@ def _blocked_tile(channels: int, width: int, height: int, reduction: int, unit: 
             and fits(1, width * height):
         return ConvTile(unit.lanes, 1, width, height)
 
-    def best(weight_limit: int):
+    def best(weight_limit: int, most_vectors: int = 6):
         scored = []
-        for vectors in _divisors(total, 6):
+        for vectors in _divisors(total, most_vectors):
             if vectors > 1 and vectors * bytes_per_vector > weight_limit:
                 continue
             for pixels in _divisors(width, 16):
@@ -113,9 +114,7 @@ def _blocked_tile(channels: int, width: int, height: int, reduction: int, unit: 
 
     tile = best(WEIGHT_TILE_BYTES)
     if tile.vectors == 1 and total >= 2:
-        wider = best(2 * WEIGHT_TILE_BYTES)
-        if wider.vectors == 2:
-            return wider
+        return best(4 * WEIGHT_TILE_BYTES, most_vectors=2)
     return tile
 
 
