@@ -69,9 +69,11 @@ def _divisor_vector(channels: int, unit: VectorUnit) -> int:
     return max((v for v in range(4, unit.lanes + 1) if channels % v == 0), default=0)
 
 
-# Accumulators in a register tile of whole vectors on a 32-register unit: 24 leaves room for up
-# to 6 weight vectors and the broadcast input (16 ran ResNet-18's 48-352-channel convs 5-20 % slower).
+# Accumulators in a register tile of whole vectors on AVX-512: 24 leaves room for up to 6 weight
+# vectors and the broadcast input (16 ran ResNet-18's 48-352-channel convs 5-20 % slower). NEON
+# keeps 16 until it is measured on hardware (qemu timings say nothing about register pressure).
 BLOCKED_ACCUMULATORS = 24
+NEON_ACCUMULATORS = 16
 
 
 def _blocked_tile(channels: int, width: int, height: int, reduction: int, unit: VectorUnit) -> ConvTile:
@@ -90,12 +92,13 @@ def _blocked_tile(channels: int, width: int, height: int, reduction: int, unit: 
     tiles except 64->128 at 16x16 (6 %); ImageNet ResNet-18's 64@56, 128@28, 256@14, 512@7 1.05-1.2x."""
     total = channels // unit.lanes
     bytes_per_vector = reduction * unit.lanes * 4
+    most = BLOCKED_ACCUMULATORS if unit.lanes >= 16 else NEON_ACCUMULATORS
 
     def fits(vectors: int, pixels: int) -> bool:
         accumulators = vectors * pixels
-        return accumulators <= BLOCKED_ACCUMULATORS and accumulators + vectors + 1 <= unit.registers
+        return accumulators <= most and accumulators + vectors + 1 <= unit.registers
 
-    if width * height <= BLOCKED_ACCUMULATORS and total >= 2 and 2 * bytes_per_vector > WEIGHT_TILE_BYTES \
+    if width * height <= most and total >= 2 and 2 * bytes_per_vector > WEIGHT_TILE_BYTES \
             and fits(1, width * height):
         return ConvTile(unit.lanes, 1, width, height)
 
@@ -140,8 +143,8 @@ def conv_tile(channels: int, width: int, unit: VectorUnit, height: int = 1, redu
     """The register tile for `height` x `width` output pixels of `channels` channels, each the sum
     of `reduction` products (KH * KW * input channels per group).
 
-    Channels that are whole registers on a 32-register unit: `_blocked_tile` (dense) or
-    `_depthwise_tile`. Otherwise (half-width or odd counts, 16 registers):
+    Channels that are whole registers on a 32-register unit: `_blocked_tile` (dense) or, on
+    AVX-512, `_depthwise_tile`. Otherwise (half-width or odd counts, 16 registers, NEON depthwise):
 
     Each step of the reduction loads `vectors` weight vectors and one input value per pixel for
     rows x pixels x vectors FMAs. Up to 16 accumulators (12 with 16 registers; more spilled in
@@ -151,9 +154,10 @@ def conv_tile(channels: int, width: int, unit: VectorUnit, height: int = 1, redu
     """
     full = next((v for v in (unit.lanes, unit.lanes // 2, unit.lanes // 4) if v >= 4 and channels % v == 0), 0)
     if full == unit.lanes and unit.registers >= 32:
-        if depthwise:
+        if not depthwise:
+            return _blocked_tile(channels, width, height, reduction, unit)
+        if unit.lanes >= 16:  # measured on AVX-512 only
             return _depthwise_tile(channels, width, height, unit)
-        return _blocked_tile(channels, width, height, reduction, unit)
     if full:
         vector, per_vector, cap = full, 1, 8
         counts = [v for v in (4, 3, 2, 1) if channels % (v * full) == 0]
