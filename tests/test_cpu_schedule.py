@@ -310,3 +310,34 @@ def test_one_row_dense_layers_get_the_vector_kernel_and_match_onnxruntime(tmp_pa
     fused2 = compile_mod.fuse(compile_mod.prepare(compile_mod.import_onnx(onnx2, compile_mod.graph_inputs(onnx2, {}))), target)
     assert all(cpu_schedule.schedule_func(f, target, convs_only=True) is None
                for g, f in fused2.functions_items() if not isinstance(f, relax.Function) and "matmul" in g.name_hint)
+
+
+class Pools(nn.Module):
+    """An ImageNet-style stem pool (3x3, stride 2, padded), an average pool and a global mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv(x)), 3, stride=2, padding=1)
+        x = nn.functional.avg_pool2d(x, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def test_window_reductions_run_on_channel_vectors_and_match_onnxruntime(tmp_path):
+    from tvm import relax
+
+    target = targets.resolve("host", None).tvm_target()
+    model = export(Pools(), tmp_path / "pools.onnx", shape=(1, 3, 18, 18))
+    onnx_model = compile_mod.load_onnx(model)
+    mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
+    fused = compile_mod.fuse(mod, target)
+    pools = [f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "pool" in g.name_hint]
+    assert pools
+    for func in pools:
+        script = cpu_schedule.schedule_func(func, target).mod["main"].script()
+        # the window loops sit outside one vector of channels; the padded copy is gone
+        assert "T.vectorized" in script and "pad_temp = " not in script, script
+    _check(model, (1, 3, 18, 18), tmp_path)
