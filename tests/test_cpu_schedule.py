@@ -151,13 +151,18 @@ def test_zoo_graphs_match_onnxruntime(name, tmp_path):
     _check(model, graph_zoo.input_shape(name), tmp_path)
 
 
-def _fused_convs(model, target):
+def _fused_kernels(model, target, name: str) -> dict:
+    """The model's fused TIR functions whose names hold `name`, by name."""
     from tvm import relax
 
     onnx_model = compile_mod.load_onnx(model)
     mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
     fused = compile_mod.fuse(mod, target)
-    return [f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "conv" in g.name_hint]
+    return {g.name_hint: f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and name in g.name_hint}
+
+
+def _fused_convs(model, target):
+    return list(_fused_kernels(model, target, "conv").values())
 
 
 class PrimeWidths(nn.Module):
@@ -289,14 +294,9 @@ class ClassifierHead(nn.Module):
 
 
 def test_one_row_dense_layers_get_the_vector_kernel_and_match_onnxruntime(tmp_path):
-    from tvm import relax
-
     target = targets.resolve("host", None).tvm_target()
     model = export(ClassifierHead(), tmp_path / "head.onnx", shape=(1, 3, 8, 8))
-    onnx_model = compile_mod.load_onnx(model)
-    mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
-    fused = compile_mod.fuse(mod, target)
-    matmuls = {g.name_hint: f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "matmul" in g.name_hint}
+    matmuls = _fused_kernels(model, target, "matmul")
     assert len(matmuls) == 2
     scheduled = {name: cpu_schedule.schedule_func(f, target, convs_only=True) for name, f in matmuls.items()}
     ours = [name for name, sch in scheduled.items() if sch is not None]
@@ -306,10 +306,8 @@ def test_one_row_dense_layers_get_the_vector_kernel_and_match_onnxruntime(tmp_pa
     _check(model, (1, 3, 8, 8), tmp_path)
     # Two rows are not a one-row dense: TVM's rules keep them.
     model2 = export(ClassifierHead(), tmp_path / "head2.onnx", shape=(2, 3, 8, 8))
-    onnx2 = compile_mod.load_onnx(model2)
-    fused2 = compile_mod.fuse(compile_mod.prepare(compile_mod.import_onnx(onnx2, compile_mod.graph_inputs(onnx2, {}))), target)
     assert all(cpu_schedule.schedule_func(f, target, convs_only=True) is None
-               for g, f in fused2.functions_items() if not isinstance(f, relax.Function) and "matmul" in g.name_hint)
+               for f in _fused_kernels(model2, target, "matmul").values())
 
 
 class Pools(nn.Module):
@@ -327,16 +325,11 @@ class Pools(nn.Module):
 
 
 def test_window_reductions_run_on_channel_vectors_and_match_onnxruntime(tmp_path):
-    from tvm import relax
-
     target = targets.resolve("host", None).tvm_target()
     model = export(Pools(), tmp_path / "pools.onnx", shape=(1, 3, 18, 18))
-    onnx_model = compile_mod.load_onnx(model)
-    mod = compile_mod.prepare(compile_mod.import_onnx(onnx_model, compile_mod.graph_inputs(onnx_model, {})))
-    fused = compile_mod.fuse(mod, target)
-    pools = [f for g, f in fused.functions_items() if not isinstance(f, relax.Function) and "pool" in g.name_hint]
+    pools = _fused_kernels(model, target, "pool")
     assert pools
-    for func in pools:
+    for func in pools.values():
         script = cpu_schedule.schedule_func(func, target).mod["main"].script()
         # the window loops sit outside one vector of channels; the padded copy is gone
         assert "T.vectorized" in script and "pad_temp = " not in script, script
