@@ -288,10 +288,7 @@ def schedule_conv(sch, conv, unit: VectorUnit) -> None:
         channel_loop = sch.get_loops(padding[0])[-1]
         if int(sch.get(channel_loop).extent) % tile.vector == 0:
             sch.vectorize(sch.split(channel_loop, [None, tile.vector])[1])
-    accumulator = sch.cache_write(conv, 0, "local")
-    sch.reverse_compute_at(accumulator, x_outer)
-    if out is not None:
-        sch.reverse_compute_at(out, x_outer)
+    accumulator = _accumulators_at(sch, conv, out, x_outer)
     sch.unroll(y_inner)
     sch.unroll(x_inner)
     sch.unroll(f_vectors)
@@ -299,6 +296,16 @@ def schedule_conv(sch, conv, unit: VectorUnit) -> None:
     sch.decompose_reduction(conv, ry)
     _pack_weights(sch, conv, tile.vector * tile.vectors)
     _epilogue_on_tile(sch, accumulator, out, x_outer, tile.vector)
+
+
+def _accumulators_at(sch, block, out, tile_loop):
+    """`block` reduced into a local tile buffer written back (with the epilogue `out`, if any) once
+    per iteration of `tile_loop`; returns the write-back block."""
+    accumulator = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(accumulator, tile_loop)
+    if out is not None:
+        sch.reverse_compute_at(out, tile_loop)
+    return accumulator
 
 
 def _epilogue_on_tile(sch, accumulator, out, tile_loop, vector: int) -> None:
@@ -449,10 +456,7 @@ def schedule_row_dense(sch, block, unit: VectorUnit) -> None:
     sch.reorder(*outer, n_tile, k, n_vectors, n_lanes)
     tile = sch.fuse(*outer, n_tile) if outer else n_tile
     sch.parallel(tile)
-    accumulator = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(accumulator, tile)
-    if out is not None:
-        sch.reverse_compute_at(out, tile)
+    accumulator = _accumulators_at(sch, block, out, tile)
     sch.unroll(n_vectors)
     sch.vectorize(n_lanes)
     sch.decompose_reduction(block, k)
