@@ -111,6 +111,7 @@ def prune(
     admm_mode: str = "proximal",
     distill_weight: float | None = None,
     temperature: float | None = None,
+    feature_distill: float | None = None,
     schedule: str = "cosine",
     warmup: float = 0.0,
     decay_norm_and_bias: bool = False,
@@ -160,7 +161,9 @@ def prune(
     of the largest norms (measured: a tie at 2x, 3 points worse at 4x after one epoch).
     `keep_best` (default): fine-tuning ends on the state with the lowest validation loss among the
     recovered cut and every fine-tuning epoch (the history's `keep_best` record says when that is
-    not the last epoch); False: on the last epoch."""
+    not the last epoch); False: on the last epoch. `feature_distill` W > 0: while the physically
+    smaller model fine-tunes, W x intermediate-feature distillation joins the objective
+    (acc.prune.feature_distill; the history's `feature_distill` record says how many tensors)."""
     from acc.backends import latency_device
     from acc.errors import InputError
     from acc.prune.admm import TrainConfig, divergence_lines
@@ -188,7 +191,7 @@ def prune(
                 raise InputError(f"--rho takes a number or 'auto', got '{rho}'") from None
         else:
             rho = None
-    recipe = _training_recipe(distill_weight, temperature, admm, admm_mode, schedule, warmup, recover_cut)
+    recipe = _training_recipe(distill_weight, temperature, admm, admm_mode, schedule, warmup, recover_cut, feature_distill)
     choice = choose_admm(admm, epochs, epochs if finetune_epochs is None else finetune_epochs)
     if choice["method"] == "one-shot" and epochs > 0:
         log(f"ADMM: {choice['reason']}")
@@ -196,7 +199,7 @@ def prune(
         admm_epochs=choice["admm_epochs"], admm_iters=admm_iters, finetune_epochs=choice["finetune_epochs"],
         batch_size=batch_size, lr=lr, finetune_lr=lr if finetune_lr is None else finetune_lr, rho=rho,
         rho_mult=rho_mult, seed=seed, admm_mode=admm_mode, schedule=schedule, warmup=warmup,
-        decay_norm_and_bias=decay_norm_and_bias, keep_best=keep_best,
+        decay_norm_and_bias=decay_norm_and_bias, keep_best=keep_best, feature_distill=recipe["feature_distill"],
     )
 
     def choose(analysis):  # --round-to K: every group rate moved to a width that is a multiple of K
@@ -290,6 +293,7 @@ def compile(  # noqa: A001 - the verb users know
     round_to: int | None = None,
     distill_weight: float | None = None,
     temperature: float | None = None,
+    feature_distill: float | None = None,
     admm: str = "auto",
     rpc: str | None = None,
     tracker: str | None = None,
@@ -316,7 +320,7 @@ def compile(  # noqa: A001 - the verb users know
     `tracker` and `key`, reach a device); `metric="latency"` counts milliseconds on that target from
     a per-layer table timed there and cached under `latency_cache` (default ~/.cache/acc/latency);
     `latency_check` times the result against the original on onnxruntime when there is no target;
-    `recover_cut` and `keep_best` as for `prune`, in every round; `lr` the training's learning rate
+    `recover_cut`, `keep_best` and `feature_distill` as for `prune`, in every round; `lr` the training's learning rate
     (None: 0.01 x rate / 2, from 0.01 at 2x to 0.04 at 8x and beyond; acc.prune.schedule.lr_for_rate)."""
     import math
 
@@ -325,7 +329,7 @@ def compile(  # noqa: A001 - the verb users know
     from acc.prune.search import SearchConfig
 
     _check_purify_tolerance(purify_tolerance)
-    recipe = _training_recipe(distill_weight, temperature, admm, recover_cut=recover_cut)
+    recipe = _training_recipe(distill_weight, temperature, admm, recover_cut=recover_cut, feature_distill=feature_distill)
     if search_finetune_steps < 0:
         raise InputError("--search-finetune-steps must be 0 or more")
     if candidates is not None and candidates < 1:
@@ -358,9 +362,10 @@ def compile(  # noqa: A001 - the verb users know
 
 
 def _training_recipe(distill_weight, temperature, admm: str, admm_mode: str = "proximal", schedule: str = "cosine",
-                     warmup: float = 0.0, recover_cut: int = CUT_RECOVERY_IMAGES) -> dict:
+                     warmup: float = 0.0, recover_cut: int = CUT_RECOVERY_IMAGES, feature_distill: float | None = None) -> dict:
     """The objective's and the schedule's options, checked (one-line errors); None: the defaults."""
     from acc.errors import InputError
+    from acc.prune.feature_distill import DEFAULT_FEATURE_DISTILL, FEATURE_DISTILL_MAX
     from acc.prune.objective import DEFAULT_DISTILL_WEIGHT, DISTILL_TEMPERATURE, check_distillation
     from acc.prune.schedule import ADMM_MODES, SCHEDULES
 
@@ -377,7 +382,12 @@ def _training_recipe(distill_weight, temperature, admm: str, admm_mode: str = "p
         raise InputError(f"--warmup is a share of the fine-tuning steps in [0, 1), got {warmup}")
     if isinstance(recover_cut, bool) or int(recover_cut) != recover_cut or recover_cut < 0:
         raise InputError(f"--recover-cut takes a number of training images, 0 or more (0: no refit after the cut), got {recover_cut}")
-    return {"distill_weight": distill_weight, "temperature": temperature, "recover_cut": int(recover_cut)}
+    feature_distill = DEFAULT_FEATURE_DISTILL if feature_distill is None else float(feature_distill)
+    if not 0 <= feature_distill <= FEATURE_DISTILL_MAX:
+        raise InputError(f"--feature-distill is the weight of the intermediate-feature term, in [0, {FEATURE_DISTILL_MAX:g}] "
+                         f"(0: off), got {feature_distill}")
+    return {"distill_weight": distill_weight, "temperature": temperature, "recover_cut": int(recover_cut),
+            "feature_distill": feature_distill}
 
 
 def _search_starts(starts) -> tuple:

@@ -106,6 +106,7 @@ class CompileOptions:
     temperature: float = DISTILL_TEMPERATURE
     recover_cut: int = CUT_RECOVERY_IMAGES  # training images for the refit right after each round's hard prune (0: none)
     keep_best: bool = True  # fine-tuning ends on its lowest-validation-loss state (acc.prune.admm.TrainConfig)
+    feature_distill: float = 0.0  # intermediate-feature distillation's weight (acc.prune.feature_distill; 0: off)
 
 
 @dataclass
@@ -340,7 +341,7 @@ def _run_round(k, current: Path, original_path, data, goal, options: CompileOpti
         log(f"ADMM: {choice['reason']}")
     config = TrainConfig(admm_epochs=choice["admm_epochs"], admm_iters=4, finetune_epochs=choice["finetune_epochs"],
                          batch_size=options.batch_size, lr=options.lr, finetune_lr=options.lr, seed=options.seed + k,
-                         keep_best=options.keep_best)
+                         keep_best=options.keep_best, feature_distill=options.feature_distill)
     prune_options = PruneOptions(rates=Rates(), train=config, labels=options.labels, limit=options.limit,
                                  test_limit=options.test_limit, checkpoint=round_dir / "admm.ckpt",
                                  resume=options.resume and (round_dir / "admm.ckpt").is_file(), progress=options.progress,

@@ -150,7 +150,8 @@ def test_auto_admm_falls_back_to_one_shot_and_says_so(tiny, data):
 
 
 @pytest.mark.parametrize("command", ["prune", "compile"])
-@pytest.mark.parametrize("args", [["--distill-weight", "1.5"], ["--distill-weight", "-0.2"], ["--temperature", "0"]])
+@pytest.mark.parametrize("args", [["--distill-weight", "1.5"], ["--distill-weight", "-0.2"], ["--temperature", "0"],
+                                  ["--feature-distill", "-1"], ["--feature-distill", "11"]])
 def test_bad_recipe_options_are_one_line_errors(tiny, data, tmp_path, capsys, command, args):
     out = tmp_path / "o.onnx"
     how = ["--uniform", "0.5"] if command == "prune" else ["--rate", "2x"]

@@ -90,7 +90,8 @@ def run(args) -> int:
         purify=args.purify, purify_tolerance=args.purify_tolerance, round_to=args.round_to,
         ray=args.ray, candidates=args.candidates, candidate_cpus=args.candidate_cpus, candidate_gpus=args.candidate_gpus,
         input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
-        distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm,
+        distill_weight=args.distill_weight, temperature=args.temperature,
+        feature_distill=args.feature_distill, admm=args.admm,
         rpc=args.rpc, tracker=args.tracker, key=args.key, tune_db=args.tune_db, recover_cut=args.recover_cut,
         keep_best=args.keep_best, lr=args.lr,
     )

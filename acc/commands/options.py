@@ -95,6 +95,9 @@ def add_training_recipe(parser) -> None:
                         "(0 = labels only, 1 = distillation only; default 0.9)")
     parser.add_argument("--temperature", type=float, default=None, metavar="T",
                         help="temperature of the distillation's softened outputs (default 4)")
+    parser.add_argument("--feature-distill", type=float, default=None, metavar="W",
+                        help="while the physically smaller model fine-tunes, also learn the original's inputs to each "
+                        "of its convolutions (their kept channels), with weight W (default 0: off)")
     parser.add_argument("--admm", choices=["auto", "on", "off"], default="auto",
                         help="auto: ADMM where the budget lets it pay, else one-shot pruning + fine-tuning with all the "
                         "epochs (default); on: always ADMM; off: always one-shot")

@@ -92,7 +92,8 @@ def run(args) -> int:
         progress=not args.no_progress, device=args.device, workers=args.workers, cache_mb=args.cache_mb,
         augment=args.augment, input_shapes=parse_input_shapes(args.input_shape), layout=args.layout,
         purify=args.purify, purify_tolerance=args.purify_tolerance,
-        distill_weight=args.distill_weight, temperature=args.temperature, admm=args.admm, round_to=args.round_to,
+        distill_weight=args.distill_weight, temperature=args.temperature,
+        feature_distill=args.feature_distill, admm=args.admm, round_to=args.round_to,
         finetune_small=not args.finetune_masked, target=args.target, rpc=args.rpc, tracker=args.tracker, key=args.key,
         recover_cut=args.recover_cut, keep_best=args.keep_best,
     )

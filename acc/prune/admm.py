@@ -50,6 +50,7 @@ import torch
 
 from acc.prune import checkpoint as ckpt
 from acc.prune import distributed
+from acc.prune import feature_distill
 from acc.prune.constraints import ConstraintSet
 from acc.prune.memory_format import as_layout, channels_last_is_faster, to_channels_last
 from acc.prune.objective import Objective, evaluate
@@ -104,6 +105,9 @@ class TrainConfig:
     # Fine-tuning ends on the state with the lowest validation loss among the cut (after its recovery)
     # and every fine-tuning epoch: a refitted cut can be better than where a short fine-tune leaves it.
     keep_best: bool = True
+    # Weight of intermediate-feature distillation while the physically smaller model fine-tunes
+    # (acc.prune.feature_distill; 0: off).
+    feature_distill: float = 0.0
 
 
 @dataclass
@@ -241,6 +245,9 @@ class Trainer:
             self.state.history.append(cut)
             if self.shrink is not None:
                 self._adopt(self.shrink.from_hard_prune(self))
+                if self.objective.features is not None:
+                    self.state.history.append({"phase": "feature_distill", "weight": self.cfg.feature_distill,
+                                               "tensors": len(self.objective.features.taps)})
             self._remember(0, cut.get("val_loss_recovered", cut.get("val_loss_after")))
             self.state.reference_loss = cut.get("val_loss_recovered", cut.get("val_loss_after"))
             self.state.phase, self.state.epoch = "finetune", 0
@@ -249,6 +256,7 @@ class Trainer:
                 self.save()  # resume, and a run that fails on its first batch leaves no file behind
         while self.state.phase == "finetune" and self.state.epoch < self.cfg.finetune_epochs:
             self._epoch(self.cfg.finetune_lr, self.cfg.finetune_epochs, admm=False)
+        feature_distill.detach(self.objective)
         if self.state.phase == "finetune":
             self._restore_best()
         if self.state.phase == "finetune" and self.after_finetune is not None:
@@ -298,6 +306,8 @@ class Trainer:
         self.module, self.tensors = small.bridge.module, small.bridge.tensors
         self.constraints, self.masks = small.constraints, small.masks
         self.shrunk = small.payload()
+        if self.cfg.feature_distill > 0 and self.shrink is not None:
+            feature_distill.attach(self.objective, self.shrink, small, self.cfg.feature_distill)
         self._trained = None
         self.channels_last = None
         self.Z, self.U = {}, {}

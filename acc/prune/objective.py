@@ -165,6 +165,10 @@ class Objective:
         self.kinds = kinds
         self.distill_weight = distill_weight  # distillation's share of the labelled output's term
         self.memo = TeacherMemo()  # the teacher's outputs on evaluation sets, computed once
+        # While the physically smaller model fine-tunes: intermediate-feature distillation
+        # (acc.prune.feature_distill.FeatureDistiller), from the graph the teacher runs.
+        self.features = None
+        self.teacher_graph: onnx.ModelProto | None = None
         if isinstance(teacher, torch.nn.Module):  # else a callable that needs no gradients (acc.prune.teacher)
             teacher.eval()
             for p in teacher.parameters():
@@ -179,9 +183,10 @@ class Objective:
         labelled = self.use_labels and labels is not None and cls is not None
         a = self.distill_weight if self.teacher is not None else 0.0
         targets = None
-        if self.teacher is not None and (not labelled or len(outs) > 1 or a > 0):
-            with torch.no_grad():
-                targets = outputs((teach or self.teacher)(x))
+        features = self.features is not None and teach is None and self.features.armed()
+        if self.teacher is not None and (not labelled or len(outs) > 1 or a > 0 or features):
+            with torch.no_grad():  # with features, the teacher also records the tapped tensors
+                targets = outputs((teach or (self.features.teach if features else self.teacher))(x))
         terms: list[torch.Tensor | None] = []
         for i, s in enumerate(outs):
             kind = _kind(self.kinds, i, s)
@@ -196,7 +201,12 @@ class Objective:
         return terms
 
     def __call__(self, student_out, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return mean_loss(self.terms(student_out, x, labels))
+        loss = mean_loss(self.terms(student_out, x, labels))
+        if self.features is not None:
+            term = self.features.loss()  # None unless this was a training pass of the small model
+            if term is not None:
+                loss = loss + term
+        return loss
 
 
 def mean_loss(terms: list[torch.Tensor | None]) -> torch.Tensor:

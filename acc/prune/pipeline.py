@@ -177,12 +177,13 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
             _check_labels(d, out_shape[1], data_path)
     weight_names = {m.initializer for m in analysis.members if m.role in WEIGHT_ROLES}
     bridge = TorchModel(model, trainable=weight_names)
-    teacher = None
+    teacher, teacher_graph = None, None
     if needs_teacher:
         teacher_graph = model if options.teacher_model is None else normalize(load_model(options.teacher_model), options.input_shapes)
         teacher = teacher_for(teacher_graph, TorchModel(teacher_graph).module, distributed.rank_device(options.device))
     objective = Objective(teacher, use_labels=use_labels, kinds=kinds, temperature=options.temperature,
                           distill_weight=options.distill_weight)
+    objective.teacher_graph = teacher_graph  # intermediate-feature distillation taps it (acc.prune.feature_distill)
     constraints = build_constraints(analysis, bridge, options.rates, options.criterion)
     device = torch.device(distributed.rank_device(options.device))
     bridge.to(device)
@@ -224,9 +225,12 @@ def prune(model_path, data_path, options: PruneOptions, rates_from_analysis=None
         purified.plan = compose(small.plan, purified.plan, analysis)  # the report's widths are the original's
         masked = shrinker.expand(trained, small.plan)  # full width, for the free-dims check and the caller
         verify_equal(masked, purified.model, what="pruned model (against its full-width masked form)")
-    report = _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre,
-                     describe_objective(kinds, use_labels, analysis.index.output_names, options.distill_weight,
-                                        options.temperature))
+    described = describe_objective(kinds, use_labels, analysis.index.output_names, options.distill_weight,
+                                   options.temperature)
+    features = next((h for h in trainer.state.history if h.get("phase") == "feature_distill"), None)
+    if features is not None:
+        described += f"; fine-tuning also {features['weight']:g} x feature distillation ({features['tensors']} tensors)"
+    report = _report(model, masked, purified, analysis, options, trainer, before, after, diffs, started, pre, described)
     dims = keep_free_dims(original, purified.model, model, masked)  # the original's free dims, checked at a second shape
     report["input"] = {**image.to_json(), "free_dims": dims.to_json()}
     return PruneResult(dims.model, masked, report)
