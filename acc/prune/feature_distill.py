@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from acc.passes.analysis import Analysis
 from acc.passes.plan import Plan, Removal
+from acc.prune.objective import VALUE_FLOOR
 
 
 DEFAULT_FEATURE_DISTILL = 0.0
@@ -104,8 +105,8 @@ def feature_loss(student: dict, teacher: dict, taps: list[Tap], scales: dict | N
         if t.shape != s.shape:
             continue
         scale = None if scales is None else scales.get(tap.tensor)
-        if scale is None:
-            scale = t.var(unbiased=False).clamp_min(1e-8)
+        if scale is None:  # as the output distillation's value terms: at least VALUE_FLOOR of the mean square
+            scale = torch.maximum(t.var(unbiased=False), VALUE_FLOOR * t.pow(2).mean()).clamp_min(1e-12)
             if scales is not None:
                 scales[tap.tensor] = scale
         terms.append(F.mse_loss(s, t) / scale)
