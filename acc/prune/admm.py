@@ -254,9 +254,11 @@ class Trainer:
             self.optimizer = self._make_optimizer(self.cfg.finetune_lr)
             if self.cfg.admm_epochs > 0:  # one-shot: the hard prune is a function of the input, redone on
                 self.save()  # resume, and a run that fails on its first batch leaves no file behind
-        while self.state.phase == "finetune" and self.state.epoch < self.cfg.finetune_epochs:
-            self._epoch(self.cfg.finetune_lr, self.cfg.finetune_epochs, admm=False)
-        feature_distill.detach(self.objective)
+        try:
+            while self.state.phase == "finetune" and self.state.epoch < self.cfg.finetune_epochs:
+                self._epoch(self.cfg.finetune_lr, self.cfg.finetune_epochs, admm=False)
+        finally:  # an interrupted run must not leave the hooks, or the taps' onnxruntime threads, behind
+            feature_distill.detach(self.objective)
         if self.state.phase == "finetune":
             self._restore_best()
         if self.state.phase == "finetune" and self.after_finetune is not None:
@@ -307,7 +309,8 @@ class Trainer:
         self.constraints, self.masks = small.constraints, small.masks
         self.shrunk = small.payload()
         if self.cfg.feature_distill > 0 and self.shrink is not None:
-            feature_distill.attach(self.objective, self.shrink, small, self.cfg.feature_distill)
+            sample = next(iter(self.train.batches(self.cfg.batch_size)))[0]  # the same batch on every rank and resume
+            feature_distill.attach(self.objective, self.shrink, small, self.cfg.feature_distill, sample)
         self._trained = None
         self.channels_last = None
         self.Z, self.U = {}, {}

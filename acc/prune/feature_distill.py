@@ -92,8 +92,8 @@ def feature_taps(teacher: onnx.ModelProto, small: onnx.ModelProto, analysis: Ana
 
 def feature_loss(student: dict, teacher: dict, taps: list[Tap], scales: dict | None = None) -> torch.Tensor | None:
     """Mean over the taps recorded on both sides of MSE(student, teacher[:, kept]) / var(teacher[:, kept]).
-    `scales` (tensor -> variance), when given, is read and filled: each tap's variance is taken on
-    its first batch and kept (one pass less per step; a layer's scale barely moves between batches)."""
+    `scales` (tensor -> variance), when given, is read and filled: a tap without one gets its
+    variance from this batch and keeps it (one pass less per step)."""
     terms = []
     for tap in taps:
         s, t = student.get(tap.tensor), teacher.get(tap.tensor)
@@ -120,7 +120,7 @@ class FeatureDistiller:
     def __init__(self, taps: list[Tap], student: torch.nn.Module, teacher, original: onnx.ModelProto, weight: float):
         self.taps, self.weight = taps, weight
         self.student_values: dict[str, torch.Tensor] = {}
-        self.scales: dict[str, torch.Tensor] = {}  # each tap's teacher variance, from its first batch
+        self.scales: dict[str, torch.Tensor] = {}  # each tap's teacher variance (`calibrate`)
         self._hooks = []
         modules = dict(student.named_children())
         for tap in taps:
@@ -134,6 +134,18 @@ class FeatureDistiller:
             if student.training:
                 self.student_values[tensor] = inputs[0]
         return record
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Each tap's scale from the teacher on `x`, a fixed batch (the training set's first, not
+        augmented): the same in a resumed run, and one variance pass less per step."""
+        self.teach(x)
+        for tap in self.taps:
+            t = self.teach.values.get(tap.tensor)
+            if t is not None:
+                feature_loss({tap.tensor: t.index_select(1, torch.as_tensor(tap.kept, device=t.device))},
+                             {tap.tensor: t}, [tap], self.scales)
+        self.teach.values = {}
 
     def loss(self) -> torch.Tensor | None:
         """The weighted feature term of the last training forward pass (None when nothing was recorded)."""
@@ -151,9 +163,10 @@ class FeatureDistiller:
         self.teach.close()
 
 
-def attach(objective, shrinker, small, weight: float) -> "FeatureDistiller | None":
-    """A FeatureDistiller for `small` (an acc.prune.shrink_phase.SmallModel cut by `shrinker`), set
-    as `objective.features`; None (and nothing set) where there is no teacher graph or nothing to tap."""
+def attach(objective, shrinker, small, weight: float, sample: torch.Tensor) -> "FeatureDistiller | None":
+    """A FeatureDistiller for `small` (an acc.prune.shrink_phase.SmallModel cut by `shrinker`),
+    calibrated on `sample` and set as `objective.features`; None (and nothing set) where there is no
+    teacher graph or nothing to tap."""
     teacher_graph = getattr(objective, "teacher_graph", None)
     if weight <= 0 or objective.teacher is None or teacher_graph is None:
         return None
@@ -161,6 +174,7 @@ def attach(objective, shrinker, small, weight: float) -> "FeatureDistiller | Non
     if not taps:
         return None
     objective.features = FeatureDistiller(taps, small.bridge.module, objective.teacher, teacher_graph, weight)
+    objective.features.calibrate(sample)
     return objective.features
 
 
