@@ -22,6 +22,7 @@ from acc.passes.purify import purify
 from acc.prune.bridge import TorchModel
 from acc.prune.feature_distill import FeatureDistiller, feature_loss, feature_taps
 from acc.prune.teacher import OnnxRuntimeTeacher, teacher_for
+from interrupt import killed_at_fine_tuning
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "data" / "cifar10_demo" / "train.jpeg.npz"
@@ -159,26 +160,15 @@ def test_a_batch_onnxruntime_cannot_run_hands_the_taps_to_the_torch_module(model
 def test_a_resumed_run_with_features_ends_where_the_whole_run_ends(zoo_path, tmp_path):
     """The scales come from a fixed batch, not the first one a run happens to draw: a run killed in
     the middle of fine-tuning resumes to the uninterrupted run's weights and history."""
-    from acc.prune import pipeline
-
     model = zoo_path("residual")
     # workers=0: images decoded in this process (no loader forked beside the interrupted run's threads)
     fast = dict(uniform=0.5, admm="off", epochs=0, finetune_epochs=3, limit=256, batch_size=64, progress=True,
                 seed=0, feature_distill=1.0, workers=0, log=lambda *a, **k: None)
     whole = api.prune(model, DEMO, output=tmp_path / "whole.onnx", **fast)
 
-    def interrupt(**kw):
-        if kw["phase"] == "fine-tune" and kw["epoch"] == 2 and kw["step"] == 2:
-            raise KeyboardInterrupt
-
     out = tmp_path / "cut.onnx"
-    original = pipeline._Progress.__call__
-    pipeline._Progress.__call__ = lambda self, **kw: interrupt(**kw)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            api.prune(model, DEMO, output=out, **fast)
-    finally:
-        pipeline._Progress.__call__ = original
+    with killed_at_fine_tuning(epoch=2, step=2):
+        api.prune(model, DEMO, output=out, **fast)
     resumed = api.prune(model, DEMO, output=out, resume=True, **{**fast, "progress": False})
     assert resumed.report["history"] == whole.report["history"]
     a = {t.name: onnx.numpy_helper.to_array(t) for t in resumed.model.graph.initializer}

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from acc import api
 from acc.errors import InputError
 from acc.passes.verify import compare
+from interrupt import killed_at_fine_tuning
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "data" / "cifar10_demo" / "train.jpeg.npz"
@@ -90,20 +91,9 @@ def test_column_masks_stay_masks_on_the_small_model(residual):
 
 
 def test_resume_in_the_middle_of_small_fine_tuning_gives_the_uninterrupted_result(residual, filter_runs, tmp_path):
-    from acc.prune import pipeline
-
-    def interrupt(**kw):
-        if kw["phase"] == "fine-tune" and kw["epoch"] == 2 and kw["step"] == 2:
-            raise KeyboardInterrupt
-
     out = tmp_path / "b.onnx"
-    original = pipeline._Progress.__call__
-    pipeline._Progress.__call__ = lambda self, **kw: interrupt(**kw)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _prune(residual, "filter", True, output=out)
-    finally:
-        pipeline._Progress.__call__ = original
+    with killed_at_fine_tuning(epoch=2, step=2):
+        _prune(residual, "filter", True, output=out)
     assert not out.exists() and Path(f"{out}.ckpt").exists()
     with pytest.raises(InputError, match="finetune-masked"):
         _prune(residual, "filter", False, output=out, resume=True)  # the checkpoint holds the small model

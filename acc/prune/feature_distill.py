@@ -20,7 +20,9 @@ Measured (`benchmarks/feature_distill.py`, results/feature_distill.json): the de
 (ResNet-20, 2x fewer parameters, 10 epochs on 9,000 images), 3 seeds side by side: W = 1 gave
 84.10 +- 0.35 % against 83.62 +- 0.38 % (per seed +0.20, +1.00, +0.25 points) for 1.33x the wall
 time (the extra outputs and the MSE over every tapped tensor, on one CPU thread each): more per
-epoch, about what 3 more epochs cost per second. Hence off by default.
+epoch, about what 3 more epochs cost per second. Hence off by default. (Measured with each scale
+taken on the first batch a run drew; `calibrate` now takes them on a fixed batch so that a resumed
+run ends where the whole run ends.)
 """
 
 from __future__ import annotations
