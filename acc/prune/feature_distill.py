@@ -107,12 +107,17 @@ def feature_loss(student: dict, teacher: dict, taps: list[Tap], scales: dict | N
         if t.shape != s.shape:
             continue
         scale = None if scales is None else scales.get(tap.tensor)
-        if scale is None:  # as the output distillation's value terms: at least VALUE_FLOOR of the mean square
-            scale = torch.maximum(t.var(unbiased=False), VALUE_FLOOR * t.pow(2).mean()).clamp_min(1e-12)
+        if scale is None:
+            scale = _scale(t)
             if scales is not None:
                 scales[tap.tensor] = scale
         terms.append(F.mse_loss(s, t) / scale)
     return torch.stack(terms).mean() if terms else None
+
+
+def _scale(t: torch.Tensor) -> torch.Tensor:
+    """The teacher tensor's variance, at least VALUE_FLOOR of its mean square (as the output terms')."""
+    return torch.maximum(t.var(unbiased=False), VALUE_FLOOR * t.pow(2).mean()).clamp_min(1e-12)
 
 
 class FeatureDistiller:
@@ -145,8 +150,7 @@ class FeatureDistiller:
         for tap in self.taps:
             t = self.teach.values.get(tap.tensor)
             if t is not None:
-                feature_loss({tap.tensor: t.index_select(1, torch.as_tensor(tap.kept, device=t.device))},
-                             {tap.tensor: t}, [tap], self.scales)
+                self.scales[tap.tensor] = _scale(t.index_select(1, torch.as_tensor(tap.kept, device=t.device)))
         self.teach.values = {}
 
     def loss(self) -> torch.Tensor | None:
@@ -198,19 +202,14 @@ class _OnnxRuntimeTaps:
     def __init__(self, module: torch.nn.Module, original: onnx.ModelProto, tensors: list[str]):
         import onnxruntime as ort
 
-        from acc.prune.teacher import free_batch
+        from acc.prune.teacher import free_batch, teacher_session
 
         graph = free_batch(original)
         known = {o.name for o in graph.graph.output}
         for name in tensors:
             if name not in known:
                 graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.session = teacher_session(graph)
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = len(original.graph.output)
         self.names = [o.name for o in self.session.get_outputs()]

@@ -47,6 +47,19 @@ def free_batch(graph: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def teacher_session(graph: onnx.ModelProto):
+    """An onnxruntime CPU session for a teacher graph: torch's thread count, idle threads asleep."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # Between batches the CPU belongs to torch's backward pass: idle onnxruntime threads sleep.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeTeacher:
     """Callable like the torch module: CPU tensor in, the outputs (a tensor, or a tuple for several)
     out. Until its first batch agrees with the torch module's it is on probation; a batch that
@@ -55,14 +68,7 @@ class OnnxRuntimeTeacher:
     def __init__(self, graph: onnx.ModelProto, module: torch.nn.Module):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # Between batches the CPU belongs to torch's backward pass: idle onnxruntime threads sleep.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(free_batch(graph).SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = teacher_session(free_batch(graph))
         self.input_name = self.session.get_inputs()[0].name
         # A batch onnxruntime cannot run is handled (the torch module teaches): no error line on stderr.
         self.run_options = ort.RunOptions()
