@@ -15,6 +15,7 @@ from acc.passes.importer import import_model
 from acc.passes.mask import masked_model
 from acc.passes.oneshot import ratio_plan
 from acc.passes.plan import Plan
+from acc.passes.purify import purify
 from acc.passes.rewrite import rewrite
 from acc.passes.verify import verify_equal
 
@@ -63,6 +64,21 @@ def test_removing_a_frozen_channel_is_refused(zoo_path):
     frozen = [j for j in range(g.width) if g.frozen[j]]
     with pytest.raises(InputError, match="cannot be removed"):
         rewrite(analysis, Plan({g.name: [j for j in range(g.width) if j != frozen[0]]}))
+
+
+def test_a_high_ratio_leaves_every_producer_a_channel(zoo_path):
+    # The padded shortcut's group: c1 writes only its prunable channels, the padding is frozen.
+    # Removing every prunable channel emptied c1 and purification failed on its empty weight.
+    analysis = analyze(import_model(zoo_path("padded_shortcut")))
+    for ratio in (0.5, 0.9):
+        plan = ratio_plan(analysis, ratio)
+        for g in analysis.prunable_groups:
+            assert set(plan.keep.get(g.name, range(g.width))) & set(g.prunable)
+        masked = masked_model(analysis, plan)
+        small = purify(masked).model  # the masked graph with its dead channels cut out
+        onnx.checker.check_model(small)
+        verify_equal(masked, small)
+        assert count(small).params < count(analysis.model).params
 
 
 def test_shape_constants_follow_the_widths(zoo_path):

@@ -29,15 +29,18 @@ from acc.prune.nonzero import column_counters
 
 
 def kept_channels(width: int, prunable: int, rate: float, round_to: int = 1) -> int:
-    """Channels a group keeps at `rate`: at least one, never fewer than its frozen ones; with
-    `round_to` K a multiple of K (or the whole width, see the module docstring)."""
-    removed = min(int(round(rate * width)), prunable, width - 1)
+    """Channels a group keeps at `rate`: its frozen ones and at least one prunable one; with
+    `round_to` K a multiple of K (or the whole width, see the module docstring). One prunable
+    channel stays because a group's frozen channels need not come from every producer: in a
+    zero-padded shortcut (CIFAR ResNet option A) the padding is frozen, and removing every
+    prunable channel would leave the conv that feeds the shortcut with no output at all."""
+    removed = min(int(round(rate * width)), prunable - 1)
     kept = width - max(removed, 0)
     if round_to <= 1 or kept == width:
         return kept
     if width <= round_to:
         return width
-    floor_kept = width - prunable  # frozen channels stay
+    floor_kept = width - prunable + 1  # frozen channels and one prunable one stay
     options = [m for m in range(round_to, width + 1, round_to) if m >= floor_kept] + [width]
     return min(options, key=lambda m: (abs(m - kept), -m))  # nearest; a tie keeps more
 
