@@ -9,6 +9,10 @@ models/train_cifar.py trained) compiled to each target three ways, with the same
 Accuracy on the CIFAR-10 test split, which nothing is chosen on. Torch-Pruning is installed into
 benchmarks/.deps (--no-deps), never as a dependency of acc.
 
+With --metric flops the target counts FLOPs (acc's count, the same for every method): acc
+compiles with --metric flops, and Torch-Pruning's global (and, with the method "torch-pruning-uniform",
+its per-layer uniform) ratio is bisected until its model has the same FLOPs reduction.
+
 With --metric nonzero the target counts non-zero parameters (the paper's count): the search then
 chooses filter and column rates per layer, uniform rates put one rate on every group and every
 layer's columns (mixed), and a fourth row, "search (filter only)", is the dense-parameter search at
@@ -17,6 +21,8 @@ the same rate, so the table shows what the column scheme adds at an equal non-ze
     python benchmarks/compile_cifar10.py            # 2 CPU cores
     python benchmarks/compile_cifar10.py --full     # whole training set, longer budget (GPU)
     python benchmarks/compile_cifar10.py --metric nonzero --targets 8,30
+    python benchmarks/compile_cifar10.py --metric flops --targets 2,4 --seeds 0,1,2 \
+        --methods search,uniform,torch-pruning,torch-pruning-uniform
     python benchmarks/compile_cifar10.py --model benchmarks/.work/trained/mobilenetv2.onnx --targets 4,8 --seeds 0,1,2
     python benchmarks/compile_cifar10.py --methods search,torch-pruning --seeds 0,1,2 --peer-epochs 8,20
                                                     # the peer also at more epochs: accuracy at equal wall time
@@ -116,35 +122,43 @@ def finetune_torch(net, model_path, data, epochs, limit, test_limit, batch, lr, 
     return {"accuracy_before": acc_before, "accuracy_after": evaluate(net, test, objective)["accuracy"]}
 
 
-def run_torch_pruning(model_path, arch, data, target, epochs, limit, test_limit, batch, lr, device, tmp, seed=0):
+def run_torch_pruning(model_path, arch, data, target, epochs, limit, test_limit, batch, lr, device, tmp, seed=0,
+                      metric="params", global_pruning=True):
+    """Torch-Pruning's L1 magnitude pruning (one ranking over all layers, or the same ratio in every
+    layer), its ratio bisected until the model is `target` times smaller in `metric` (parameters, or
+    FLOPs as acc counts them), then fine-tuned like acc."""
     import torch
 
     tp = torch_pruning()
     base = torch_model(arch, model_path)
     base_counts = onnx_counts(base, tmp)
-    before = base_counts.params
     example = torch.randn(1, 3, 32, 32)
 
     def pruned(ratio):
         net = copy.deepcopy(base)
         classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1:]  # its outputs are the classes
         pruner = tp.pruner.MagnitudePruner(net, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, global_pruning=True, ignored_layers=classifier)
+                                           pruning_ratio=ratio, global_pruning=global_pruning, ignored_layers=classifier)
         pruner.step()
         return net
 
-    lo, hi = 0.0, 0.95  # bisection on the global ratio for the parameter target
+    def reduction(net) -> float:
+        if metric == "flops":
+            return base_counts.flops / onnx_counts(net, tmp).flops
+        return base_counts.params / sum(p.numel() for p in net.parameters())
+
+    lo, hi = 0.0, 0.95  # bisection on the ratio for the target
     for _ in range(14):
         mid = (lo + hi) / 2
-        if before / sum(p.numel() for p in pruned(mid).parameters()) < target:
+        if reduction(pruned(mid)) < target:
             lo = mid
         else:
             hi = mid
     net = pruned(hi)
     accuracy = finetune_torch(net, model_path, data, epochs, limit, test_limit, batch, lr, device, seed)
     after = onnx_counts(net.cpu(), tmp)
-    return {**accuracy, "params_before": before, "params_after": after.params, "flops_before": base_counts.flops,
-            "flops_after": after.flops, "global_ratio": hi}
+    return {**accuracy, "params_before": base_counts.params, "params_after": after.params,
+            "flops_before": base_counts.flops, "flops_after": after.flops, "ratio": hi}
 
 
 def seed_summary(rows: list[dict]) -> list[dict]:
@@ -172,9 +186,10 @@ def main(argv=None) -> int:
     p.add_argument("--test-images", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None)
-    p.add_argument("--metric", choices=["params", "nonzero"], default="params")
+    p.add_argument("--metric", choices=["params", "flops", "nonzero"], default="params")
     p.add_argument("--seeds", default="0", help="comma-separated; with several, the table adds mean and std per method")
-    p.add_argument("--methods", default="search,uniform,torch-pruning")
+    p.add_argument("--methods", default="search,uniform,torch-pruning",
+                   help="comma-separated: search, uniform, torch-pruning (global), torch-pruning-uniform")
     p.add_argument("--recover-cut", type=int, default=None, help="acc's --recover-cut (default: acc's default)")
     p.add_argument("--peer-epochs", default=None,
                    help="Torch-Pruning's fine-tuning epochs, comma-separated for several rows (default: acc's epochs; "
@@ -213,7 +228,7 @@ def main(argv=None) -> int:
               "search_steps_per_round": 8, "eval_images": 256, "search_finetune_steps": 50, "metric": args.metric,
               "recover_cut": "acc default" if args.recover_cut is None else args.recover_cut,
               "lr": "acc default" if args.lr is None else args.lr, "peer_lr": args.peer_lr}
-    name = args.name or ("compile_cifar10" + ("" if arch == "resnet20" else f"_{arch}") + ("_full" if args.full else "") + ("_nonzero" if args.metric == "nonzero" else ""))
+    name = args.name or ("compile_cifar10" + ("" if arch == "resnet20" else f"_{arch}") + ("_full" if args.full else "") + ("" if args.metric == "params" else f"_{args.metric}"))
     question = f"acc compile (search) vs uniform rates vs Torch-Pruning global magnitude, same budget, {arch} CIFAR-10"
 
     def save(done: bool):
@@ -244,14 +259,15 @@ def main(argv=None) -> int:
                          "seconds": time.time() - started})
             print(f"{target:g}x seed {seed} {rows[-1]['method']}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
             save(False)
-        if "torch-pruning" not in methods:
-            continue
-        for peer_epochs in peer_epoch_list:
+        peers = [(m, m == "torch-pruning") for m in ("torch-pruning", "torch-pruning-uniform") if m in methods]
+        for (peer, global_pruning), peer_epochs in [(p, e) for p in peers for e in peer_epoch_list]:
             started = time.time()
             tp_row = run_torch_pruning(args.model, arch, args.data, target, peer_epochs, limit, test_limit, batch,
-                                       args.peer_lr, device, work, seed)
-            method = "torch-pruning" if peer_epochs == epochs * args.rounds else f"torch-pruning ({peer_epochs} epochs)"
-            rows.append({"target": target, "seed": seed, "method": method, "metric": "params", **tp_row,
+                                       args.peer_lr, device, work, seed, metric="flops" if args.metric == "flops" else "params",
+                                       global_pruning=global_pruning)
+            method = peer if peer_epochs == epochs * args.rounds else f"{peer} ({peer_epochs} epochs)"
+            rows.append({"target": target, "seed": seed, "method": method,
+                         "metric": "flops" if args.metric == "flops" else "params", **tp_row,
                          "nonzero_after": tp_row["params_after"], "epochs": peer_epochs,
                          "seconds": time.time() - started})
             print(f"{target:g}x seed {seed} {method}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
