@@ -260,14 +260,14 @@ def main(argv=None) -> int:
             print(f"{target:g}x seed {seed} {rows[-1]['method']}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)
             save(False)
         peers = [(m, m == "torch-pruning") for m in ("torch-pruning", "torch-pruning-uniform") if m in methods]
+        peer_metric = "flops" if args.metric == "flops" else "params"  # nonzero: the peer prunes dense channels
         for (peer, global_pruning), peer_epochs in [(p, e) for p in peers for e in peer_epoch_list]:
             started = time.time()
             tp_row = run_torch_pruning(args.model, arch, args.data, target, peer_epochs, limit, test_limit, batch,
-                                       args.peer_lr, device, work, seed, metric="flops" if args.metric == "flops" else "params",
+                                       args.peer_lr, device, work, seed, metric=peer_metric,
                                        global_pruning=global_pruning)
             method = peer if peer_epochs == epochs * args.rounds else f"{peer} ({peer_epochs} epochs)"
-            rows.append({"target": target, "seed": seed, "method": method,
-                         "metric": "flops" if args.metric == "flops" else "params", **tp_row,
+            rows.append({"target": target, "seed": seed, "method": method, "metric": peer_metric, **tp_row,
                          "nonzero_after": tp_row["params_after"], "epochs": peer_epochs,
                          "seconds": time.time() - started})
             print(f"{target:g}x seed {seed} {method}: {100 * rows[-1]['accuracy_after']:.2f}%", flush=True)

@@ -32,6 +32,9 @@ from acc import api  # noqa: E402
 from acc.format import table  # noqa: E402
 
 STARTS = ("uniform", "l1", "bn")
+# compile_cifar10.py's CPU budget: what every trained run gets, and what the JSON records.
+BUDGET = {"rounds": 2, "budget_epochs": 4, "search_steps": 8, "eval_images": 256, "limit": 4000, "test_limit": 2000,
+          "batch_size": 128}
 
 
 def trained(args, work: Path) -> list[dict]:
@@ -39,9 +42,8 @@ def trained(args, work: Path) -> list[dict]:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for start in args.starts.split(","):
             started = time.time()
-            r = api.compile(args.model, args.rate, args.data, work / f"{start}_{seed}", rounds=2, budget_epochs=4,
-                            search_steps=8, eval_images=256, limit=4000, test_limit=2000, batch_size=128,
-                            metric=args.metric, progress=False, seed=seed, log=lambda m: None, search_starts=(start,))
+            r = api.compile(args.model, args.rate, args.data, work / f"{start}_{seed}", **BUDGET, metric=args.metric,
+                            progress=False, seed=seed, log=lambda m: None, search_starts=(start,))
             rep = r.report
             rows.append({"part": "trained", "start": start, "seed": seed,
                          "test_accuracy": rep["accuracy_after"]["test"]["accuracy"],
@@ -57,7 +59,7 @@ def trained(args, work: Path) -> list[dict]:
 
 def energies(args) -> list[dict]:
     """The round-1 starts (one 2-round step: the square root of the rate) under each fine-tune length."""
-    from acc.autocompress import build_scorer
+    from acc.autocompress import build_scorer, parse_rate
     from acc.passes.analysis import analyze
     from acc.passes.importer import normalize
     from acc.passes.load import load_model
@@ -70,12 +72,12 @@ def energies(args) -> list[dict]:
     model = normalize(load_model(args.model))
     analysis = analyze(model)
     cost = CostModel(analysis)
-    cfg = SearchConfig(eval_images=256, seed=0)
-    step_rate = float(args.rate.rstrip("x")) ** 0.5
+    cfg = SearchConfig(eval_images=BUDGET["eval_images"], seed=0)
+    step_rate = parse_rate(args.rate) ** (1 / BUDGET["rounds"])
     starts = Guidance(analysis, cost, cfg).starts(cost.total(args.metric) / step_rate, args.metric)
     rows = []
     for steps in [int(s) for s in args.finetune_steps.split(",")]:
-        options = PruneOptions(rates=Rates(), train=TrainConfig(seed=0), limit=4000, progress=False)
+        options = PruneOptions(rates=Rates(), train=TrainConfig(seed=0), limit=BUDGET["limit"], progress=False)
         scorer = build_scorer(model, analysis, args.model, args.data, options, replace(cfg, finetune_steps=steps), None, "cpu")
         for offset in range(3):
             for start in args.starts.split(","):
@@ -90,14 +92,13 @@ def energies(args) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    out = []
-    for key, part, value in (("start", "trained", "test_accuracy"), (("start", "finetune_steps"), "energies", "energy")):
-        keys = (key,) if isinstance(key, str) else key
-        for k in dict.fromkeys(tuple(r[x] for x in keys) for r in rows if r["part"] == part):
-            vals = [r[value] for r in rows if r["part"] == part and tuple(r[x] for x in keys) == k]
-            out.append({"part": part, **dict(zip(keys, k)), "n": len(vals), "mean": statistics.mean(vals),
-                        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0})
-    return out
+    """Mean and sample std: test accuracy per start, energy per start and fine-tune length."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        key = (r["part"], r["start"], r.get("finetune_steps"))
+        groups.setdefault(key, []).append(r["test_accuracy"] if r["part"] == "trained" else r["energy"])
+    return [{"part": part, "start": start, "finetune_steps": steps, "n": len(v), "mean": statistics.mean(v),
+             "std": statistics.stdev(v) if len(v) > 1 else 0.0} for (part, start, steps), v in groups.items()]
 
 
 def main(argv=None) -> int:
@@ -122,11 +123,10 @@ def main(argv=None) -> int:
         rows += energies(args)
     summary = summarise(rows)
     print(table(["part", "start", "fine-tune steps", "n", "mean", "std"],
-                [[s["part"], s["start"], s.get("finetune_steps", ""), s["n"],
+                [[s["part"], s["start"], "" if s["finetune_steps"] is None else s["finetune_steps"], s["n"],
                   f"{100 * s['mean']:.2f}%" if s["part"] == "trained" else f"{s['mean']:.0f}",
                   f"{100 * s['std']:.2f}" if s["part"] == "trained" else f"{s['std']:.0f}"] for s in summary], {3, 4, 5}))
-    budget = {"model": Path(args.model).stem, "rate": args.rate, "metric": args.metric, "rounds": 2, "epochs_per_round": 4,
-              "train_images": 4000, "test_images": 2000, "search_steps": 8, "eval_images": 256, "seeds": args.seeds}
+    budget = {"model": Path(args.model).stem, "rate": args.rate, "metric": args.metric, **BUDGET, "seeds": args.seeds}
     path = record.write(args.name, "Does the search's energy pick the start allocation that trains best?", rows, budget,
                         args.out, summary=summary)
     print(f"wrote {path}")
